@@ -1,0 +1,1 @@
+"""workbench: hierarchical classification research workbench."""

@@ -1,0 +1,286 @@
+"""Hierarchical metrics as pure tensor functions (DESIGN.md 3.4), plus a count accumulator.
+
+Inputs: predictions and targets ``LongTensor (N, R)``, 0 = null. Every function is a pure function
+of its inputs; :class:`HierarchicalAccuracy` only sums the *counts* these functions return, so an
+accumulated value over batches equals the value on the concatenated batches.
+
+Per-rank accuracy is a one-line masked mean here (it has to share counts with the chain metrics);
+tests check it against scikit-learn and torchmetrics, and :func:`calibration_error` delegates to
+torchmetrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from workbench.taxonomy import Taxonomy
+
+CURVE_NAMES = ("coverage", "selective_accuracy", "accuracy", "null_false_positive_rate")
+MULTILABEL_CURVE_NAMES = ("element_accuracy", "exact_match", "micro_f1")
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` as float64, NaN where ``den == 0``."""
+    num, den = num.double(), den.double()
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.nan)
+
+
+# ---------------------------------------------------------------------- counts (pure)
+def rank_counts(preds: torch.Tensor, targets: torch.Tensor, include_null: bool = False):
+    """``(correct (R,), total (R,))`` for rank accuracy; without ``include_null`` only labelled samples."""
+    scored = torch.ones_like(targets, dtype=torch.bool) if include_null else targets != 0  # (N, R)
+    correct = ((preds == targets) & scored).sum(dim=0)
+    return correct, scored.sum(dim=0)
+
+
+def chain_counts(preds: torch.Tensor, targets: torch.Tensor):
+    """``(correct, total)``: samples where every rank matches (a null target needs a null prediction)."""
+    return (preds == targets).all(dim=1).sum(), torch.tensor(targets.shape[0])
+
+
+def partial_chain_counts(preds: torch.Tensor, targets: torch.Tensor):
+    """``(correct, total)`` over samples with >= 1 non-null rank; null ranks are not scored."""
+    labelled = targets != 0  # (N, R)
+    scored = labelled.any(dim=1)  # (N,)
+    ok = ((preds == targets) | ~labelled).all(dim=1) & scored
+    return ok.sum(), scored.sum()
+
+
+# ---------------------------------------------------------------------- metrics (pure)
+def rank_accuracy(preds: torch.Tensor, targets: torch.Tensor, include_null: bool = False) -> torch.Tensor:
+    """``(R,)`` float64 accuracy per rank over labelled samples (all samples with ``include_null``); NaN if none."""
+    return _ratio(*rank_counts(preds, targets, include_null))
+
+
+def chain_accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Scalar: fraction of samples whose every rank matches; NaN for no samples."""
+    return _ratio(*chain_counts(preds, targets))
+
+
+def partial_chain_accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Scalar: over samples with a non-null rank, fraction with every non-null rank right; NaN if none."""
+    return _ratio(*partial_chain_counts(preds, targets))
+
+
+def consistency_rate(preds: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
+    """Fraction of samples whose predicted classes at adjacent ranks are parent and child.
+
+    A null prediction at the finer rank makes no claim and is consistent with any parent; a
+    non-null prediction needs its parent predicted at the coarser rank (so a real class under a
+    null parent is inconsistent).
+    """
+    ok = torch.ones(preds.shape[0], dtype=torch.bool, device=preds.device)
+    for r in range(1, preds.shape[1]):
+        parent = taxonomy.parent(r).to(preds.device)[preds[:, r]]  # (N,)
+        ok &= (preds[:, r] == 0) | (parent == preds[:, r - 1])
+    return _ratio(ok.sum(), torch.tensor(preds.shape[0]))
+
+
+def finest_labelled_rank(targets: torch.Tensor) -> torch.Tensor:
+    """``LongTensor (N,)``: index of the finest non-null rank, -1 for all-null rows."""
+    r = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)
+    return torch.where(targets != 0, r, torch.full_like(r, -1)).amax(dim=1)
+
+
+def severity_heights(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxonomy):
+    """``(heights (M,), wrong (M,))`` at each labelled sample's finest labelled rank ``k``.
+
+    The height is the LCA height of the predicted and true class at ``k`` (0 if equal, ``k + 1``
+    if no shared ancestor; a null prediction shares no ancestor). ``M`` = labelled samples.
+    """
+    k = finest_labelled_rank(targets)  # (N,)
+    heights, wrong = [], []
+    for rank in range(targets.shape[1]):
+        rows = k == rank
+        p, t = preds[rows, rank], targets[rows, rank]
+        heights.append(taxonomy.lca_height(rank, p, t))
+        wrong.append(p != t)
+    return torch.cat(heights), torch.cat(wrong)
+
+
+def mistake_severity(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
+    """``{"severity": mean height over wrong samples, "hdist@1": mean height over labelled samples}``."""
+    h, wrong = severity_heights(preds, targets, taxonomy)
+    return {
+        "severity": _ratio((h * wrong).sum(), wrong.sum()),
+        "hdist@1": _ratio(h.sum(), torch.tensor(h.numel())),
+    }
+
+
+def calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """Expected calibration error of one rank over labelled samples (torchmetrics, L1 norm).
+
+    ``probs (N, K_r + 1)``, ``target (N,)``; null targets are ignored.
+    """
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    labelled = target != 0
+    if not labelled.any():
+        return torch.tensor(float("nan"))
+    return multiclass_calibration_error(
+        probs[labelled], target[labelled], num_classes=probs.shape[1], n_bins=n_bins
+    )
+
+
+# ---------------------------------------------------------------------- threshold curves
+def default_thresholds(num: int = 101) -> torch.Tensor:
+    return torch.linspace(0.0, 1.0, num, dtype=torch.float64)
+
+
+def _count_at_or_above(sorted_asc: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """For each ``tau``, how many values of ``sorted_asc`` are ``>= tau``."""
+    return sorted_asc.numel() - torch.searchsorted(sorted_asc, tau, side="left")
+
+
+def _cumulative_at(cum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``cum[k - 1]`` with 0 for ``k == 0`` (cum is a cumulative sum in descending-confidence order)."""
+    padded = torch.cat([cum.new_zeros(1), cum])
+    return padded[k]
+
+
+def single_label_curves(probs: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Curves of one rank: ``probs (N, K + 1)`` softmax, ``target (N,)`` -> ``{name: (T,)}``.
+
+    Prediction = argmax over the real classes if its probability >= tau, else null. Sorting the
+    confidences once gives every threshold's counts by binary search: O(N log N + T log N).
+    """
+    conf, cls = probs[:, 1:].max(dim=1)  # (N,), (N,)
+    cls = cls + 1
+    order = torch.argsort(conf, descending=True)
+    conf_sorted = conf[order].double()
+    labelled = (target != 0)[order]
+    correct = (cls == target)[order] & labelled
+    null_target = ~labelled
+    k = _count_at_or_above(conf_sorted.flip(0), thresholds.double())  # (T,) predictions made
+    n_labelled, n_null = labelled.sum(), null_target.sum()
+    pred_labelled = _cumulative_at(labelled.long().cumsum(0), k)
+    pred_correct = _cumulative_at(correct.long().cumsum(0), k)
+    pred_null_target = _cumulative_at(null_target.long().cumsum(0), k)
+    n = torch.tensor(target.shape[0])
+    return {
+        "coverage": _ratio(pred_labelled, n_labelled.expand_as(k)),
+        "selective_accuracy": _ratio(pred_correct, pred_labelled),
+        "accuracy": _ratio(pred_correct + (n_null - pred_null_target), n.expand_as(k)),
+        "null_false_positive_rate": _ratio(pred_null_target, n_null.expand_as(k)),
+    }
+
+
+def multilabel_curves(probs: torch.Tensor, multi_hot: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Curves of a multi-label rank over its real classes: ``probs (N, K + 1)`` sigmoid, ``multi_hot (N, K + 1)``.
+
+    Element ``(i, c)`` is predicted positive iff ``probs >= tau``. Element-wise accuracy, exact match
+    (every class of the sample right) and micro-F1 per threshold, from one sort of the elements.
+    """
+    p, y = probs[:, 1:].double(), multi_hot[:, 1:].bool()  # (N, K)
+    tau = thresholds.double()
+    pos_sorted = torch.sort(p[y]).values
+    neg_sorted = torch.sort(p[~y]).values
+    tp = _count_at_or_above(pos_sorted, tau)
+    fp = _count_at_or_above(neg_sorted, tau)
+    fn = pos_sorted.numel() - tp
+    tn = neg_sorted.numel() - fp
+    # a sample is exactly right for max_neg < tau <= min_pos
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    min_pos = torch.where(y, p, inf).amin(dim=1)
+    max_neg = torch.where(~y, p, -inf).amax(dim=1)
+    ok = max_neg < min_pos
+    below_neg = torch.searchsorted(torch.sort(max_neg[ok]).values, tau, side="left")  # max_neg < tau
+    below_pos = torch.searchsorted(torch.sort(min_pos[ok]).values, tau, side="left")  # min_pos < tau
+    return {
+        "element_accuracy": _ratio(tp + tn, torch.tensor(p.numel()).expand_as(tp)),
+        "exact_match": _ratio(below_neg - below_pos, torch.tensor(p.shape[0]).expand_as(tp)),
+        "micro_f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def threshold_curves(
+    probs: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    thresholds: torch.Tensor | None = None,
+    multilabel_targets: dict[int, torch.Tensor] | None = None,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Per-rank threshold curves as a dict of tensors: ``{rank index: {"tau": (T,), curve: (T,)}}``.
+
+    ``probs``: ``R`` tensors ``(N, K_r + 1)`` (softmax, or sigmoid for multi-label ranks listed in
+    ``multilabel_targets``). Single-label curves: :data:`CURVE_NAMES`; multi-label:
+    :data:`MULTILABEL_CURVE_NAMES`. Use :func:`curves_frame` for a tidy DataFrame.
+    """
+    tau = default_thresholds() if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float64)
+    tau = tau.to(targets.device)
+    multilabel_targets = multilabel_targets or {}
+    out = {}
+    for r, p in enumerate(probs):
+        if r in multilabel_targets:
+            curves = multilabel_curves(p, multilabel_targets[r], tau)
+        else:
+            curves = single_label_curves(p, targets[:, r], tau)
+        out[r] = {"tau": tau, **curves}
+    return out
+
+
+def best_thresholds(curves: dict[int, dict[str, torch.Tensor]], by: str = "accuracy") -> dict[int, tuple[float, float]]:
+    """``{rank: (tau, value)}`` maximising curve ``by`` (NaN never wins; ties go to the smallest tau)."""
+    best = {}
+    for r, c in curves.items():
+        if by not in c:
+            raise KeyError(f"curve {by!r} not computed for rank {r}; available: {sorted(c)}")
+        values = torch.nan_to_num(c[by], nan=-torch.inf)
+        i = int(torch.argmax(values))
+        best[r] = (float(c["tau"][i]), float(c[by][i]))
+    return best
+
+
+def curves_frame(curves: dict[int, dict[str, torch.Tensor]], ranks: Sequence[str]) -> pd.DataFrame:
+    """Tidy DataFrame ``(rank, curve, tau, value)`` from :func:`threshold_curves`' output."""
+    frames = []
+    for r, c in curves.items():
+        tau = c["tau"].cpu().numpy()
+        for name, values in c.items():
+            if name != "tau":
+                frames.append(pd.DataFrame(
+                    {"rank": ranks[r], "curve": name, "tau": tau, "value": values.cpu().numpy()}
+                ))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------- accumulator (stateful shell)
+class HierarchicalAccuracy:
+    """Sums the counts of rank, chain and partial-chain accuracy over batches.
+
+    ``update(preds, targets)`` with ``LongTensor (B, R)``; ``compute()`` returns float64 values.
+    Because counts (not batch means) are summed, an all-null batch adds nothing to partial-chain
+    accuracy rather than a NaN.
+    """
+
+    def __init__(self, num_ranks: int):
+        self.num_ranks = num_ranks
+        self.reset()
+
+    def reset(self) -> None:
+        z = lambda *s: torch.zeros(*s, dtype=torch.long)  # noqa: E731
+        self.rank_correct, self.rank_total = z(self.num_ranks), z(self.num_ranks)
+        self.chain_correct, self.chain_total = z(()), z(())
+        self.partial_correct, self.partial_total = z(()), z(())
+
+    @torch.no_grad()
+    def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+        preds, targets = preds.detach().cpu(), targets.detach().cpu()
+        c, t = rank_counts(preds, targets)
+        self.rank_correct += c
+        self.rank_total += t
+        c, t = chain_counts(preds, targets)
+        self.chain_correct += c
+        self.chain_total += t
+        c, t = partial_chain_counts(preds, targets)
+        self.partial_correct += c
+        self.partial_total += t
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {
+            "rank_acc": _ratio(self.rank_correct, self.rank_total),
+            "chain_acc": _ratio(self.chain_correct, self.chain_total),
+            "partial_chain_acc": _ratio(self.partial_correct, self.partial_total),
+        }
