@@ -5,9 +5,9 @@ Conventions (DESIGN.md section 2):
 - class 0 is *null* at every rank, real classes are ``1..K_r``; a rank has ``K_r + 1`` classes;
 - ``parent(r)[c]`` is the class at rank ``r - 1`` of class ``c`` at rank ``r``; ``parent(r)[0] == 0``.
 
-A label row may be partial (null at some ranks). A row whose non-null labels at two adjacent ranks
-contradict the taxonomy is an error naming the row and the values. A non-null class must have a
-non-null parent in at least one row (every non-null class has exactly one parent).
+A label row may be partial (null at some ranks). A row whose non-null labels at any two ranks
+(adjacent or not) contradict the taxonomy is an error naming the row and the values. A non-null
+class must have a non-null parent in at least one row (every non-null class has exactly one parent).
 """
 
 from __future__ import annotations
@@ -112,7 +112,12 @@ class Taxonomy:
             parents.append(
                 cls._parent_map(ranks, r, labels, index, df.index, source)
             )
-        return cls(ranks, vocab, tuple(parents), nulls)
+        taxonomy = cls(ranks, vocab, tuple(parents), nulls)
+        # adjacent ranks agree by construction; a row may still contradict across a null rank
+        ids = [[0 if v is None else index[r][v] for v in col] for r, col in enumerate(labels)]
+        targets = torch.tensor(ids, dtype=torch.long).T.reshape(len(df), len(ranks))  # (N, R)
+        taxonomy._check_consistent(targets, df.index, source)
+        return taxonomy
 
     @staticmethod
     def _parent_map(ranks, r, labels, index, row_ids, source) -> torch.Tensor:
@@ -196,7 +201,7 @@ class Taxonomy:
         k = self.rank_index(rank)
         height = torch.full_like(a, k + 1)
         # walk from the root down: the finest rank where ancestors agree sets the height
-        for up in range(k, -1, -1):
+        for up in range(k + 1):
             anc = self.ancestor_map(k, up)
             agree = (anc[a] == anc[b]) & (anc[a] != 0)
             height = torch.where(agree, torch.full_like(a, k - up), height)
@@ -207,7 +212,7 @@ class Taxonomy:
         """``LongTensor (N, R)`` of class ids for the rank columns of ``df``.
 
         Errors name the rank, the value and the row: a label not in the vocabulary, or a row whose
-        labels at adjacent ranks contradict the taxonomy.
+        labels at any two ranks contradict the taxonomy.
         """
         _check_ranks_present(df, self.ranks, source)
         cols = []
@@ -230,18 +235,29 @@ class Taxonomy:
         return targets
 
     def _check_consistent(self, targets: torch.Tensor, row_ids, source: str) -> None:
-        """Raise on the first row whose non-null labels at adjacent ranks contradict the tree."""
+        """Raise on the first row whose non-null labels at any two ranks contradict the tree.
+
+        Every pair of ranks is checked, not only adjacent ones: ``(order A, null, genus g)``
+        contradicts the tree when ``g`` belongs to another order.
+        """
+        first = None  # (row position, finer rank, coarser rank)
         for r in range(1, self.num_ranks):
-            child, par = targets[:, r], targets[:, r - 1]
-            bad = (child != 0) & (par != 0) & (self.parents[r][child] != par)
-            if bad.any():
-                i = int(torch.nonzero(bad)[0])
-                expected = self.vocab[r - 1][int(self.parents[r][child[i]])]
-                raise TaxonomyError(
-                    f"{source}: row {row_ids[i]}: {self.ranks[r]} {self.vocab[r][int(child[i])]!r} "
-                    f"belongs to {self.ranks[r - 1]} {expected!r}, but the row says "
-                    f"{self.vocab[r - 1][int(par[i])]!r}"
-                )
+            for u in range(r - 1, -1, -1):
+                child, anc = targets[:, r], targets[:, u]  # (N,), (N,)
+                bad = (child != 0) & (anc != 0) & (self.ancestor_map(r, u)[child] != anc)
+                if bad.any():
+                    i = int(torch.nonzero(bad)[0])
+                    if first is None or i < first[0]:
+                        first = (i, r, u)
+        if first is not None:
+            i, r, u = first
+            child = int(targets[i, r])
+            expected = self.vocab[u][int(self.ancestor_map(r, u)[child])]
+            raise TaxonomyError(
+                f"{source}: row {row_ids[i]}: {self.ranks[r]} {self.vocab[r][child]!r} "
+                f"belongs to {self.ranks[u]} {expected!r}, but the row says "
+                f"{self.vocab[u][int(targets[i, u])]!r}"
+            )
 
     def decode(self, targets: torch.Tensor) -> pd.DataFrame:
         """Inverse of :meth:`encode`: ``LongTensor (N, R)`` -> DataFrame of names (None = null)."""

@@ -1,0 +1,88 @@
+"""The closed set of trainer events and the sink protocol (DESIGN.md section 7).
+
+A run emits exactly: one :class:`RunStarted`, one :class:`EpochResult` per finished epoch, one
+:class:`RunFinished`. Sinks receive read-only events; a sink that raises stops the run with an
+error that names the sink (a sink that must never stop training, like W&B, catches its own errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    config: Mapping
+    ranks: tuple[str, ...]
+    start_epoch: int  # > 0 when resumed
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch's metrics (``{"core/val_loss": ..., "val/acc/<rank>": ...}``) and val threshold curves.
+
+    ``curves`` columns: ``split, rank, curve, tau, value``. ``health``: ``{check: message}`` of the
+    checks that fired this epoch (empty when healthy).
+    """
+
+    run_id: str
+    epoch: int
+    metrics: Mapping[str, float]
+    curves: pd.DataFrame
+    health: Mapping[str, str] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+        object.__setattr__(self, "health", MappingProxyType(dict(self.health)))
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+    status: str  # finished | failed | stopped
+    epochs_done: int
+    error: str | None = None
+
+
+class Sink(Protocol):
+    name: str
+
+    def on_start(self, event: RunStarted) -> None: ...
+    def on_epoch(self, event: EpochResult) -> None: ...
+    def on_finish(self, event: RunFinished) -> None: ...
+
+
+class SinkError(RuntimeError):
+    """A sink failed; the message names the sink and the event."""
+
+
+def dispatch(sinks: Sequence[Sink], method: str, event) -> None:
+    """Deliver ``event`` to every sink's ``method``; re-raise a failure with the sink's name."""
+    for sink in sinks:
+        try:
+            getattr(sink, method)(event)
+        except Exception as e:
+            raise SinkError(f"sink {getattr(sink, 'name', type(sink).__name__)!r} failed in {method}: {e}") from e
+
+
+class BaseSink:
+    """A sink that ignores every event; subclasses override what they need."""
+
+    name = "base"
+
+    def on_start(self, event: RunStarted) -> None:
+        pass
+
+    def on_epoch(self, event: EpochResult) -> None:
+        pass
+
+    def on_finish(self, event: RunFinished) -> None:
+        pass

@@ -1,0 +1,361 @@
+"""Trainer: epochs, phases, events -> sinks, checkpoints, resume (DESIGN.md section 1, data flow).
+
+Each epoch: shuffled batches -> logits per rank -> keep mask (null masking at the fractional epoch)
+-> hierarchical loss -> step; then validation predictions -> metrics + threshold curves -> one
+:class:`EpochResult` to every sink -> an atomic checkpoint. The store is written before the
+checkpoint, so a crash between the two makes ``resume`` redo (and replace) that epoch: never a
+missing or duplicated epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench import metrics as M
+from workbench.config import Config, ConfigError
+from workbench.data import HierarchicalDataset, load_dataset, train_val_split
+from workbench.events import EpochResult, RunFinished, RunStarted, Sink, dispatch
+from workbench.health import HealthMonitor
+from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
+from workbench.masking import NullMaskSchedule, null_keep_mask
+from workbench.models import HierarchicalModel, build_model
+from workbench.store import RunStore
+from workbench.taxonomy import Taxonomy
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class StopRun(Exception):
+    """Raised between epochs when a stop was requested through the store."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`TRAIN.DEVICE` is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def checkpoint_dir(store: RunStore, run_id: str) -> Path:
+    return store.path.parent / "checkpoints" / run_id
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a temp file in the same folder, fsync, then rename over the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resolve_init_from(ref: str, store: RunStore) -> Path:
+    """``TRAIN.INIT_FROM``: a checkpoint file, a run folder, or a run id in the store."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    if p.is_dir() and (p / CHECKPOINT_NAME).is_file():
+        return p / CHECKPOINT_NAME
+    if store.has_run(ref):
+        ckpt = checkpoint_dir(store, ref) / CHECKPOINT_NAME
+        if ckpt.is_file():
+            return ckpt
+        raise ConfigError(f"`TRAIN.INIT_FROM` run {ref!r} has no checkpoint at {ckpt}")
+    raise ConfigError(
+        f"`TRAIN.INIT_FROM` must be a checkpoint file, a run folder or a run id in {store.path}, got {ref!r}"
+    )
+
+
+@dataclass
+class EpochStats:
+    """Sums over one pass; means are taken once at the end (never a mean of batch means)."""
+
+    loss_sum: float = 0.0
+    per_rank_sum: torch.Tensor | None = None
+    n: int = 0
+    prob_sum: float = 0.0
+    batches: int = 0
+
+
+class Trainer:
+    """Train one run of ``config``; every epoch's result goes to ``sinks`` (the store sink first).
+
+    Args:
+        config: the validated run config.
+        sinks: extra sinks (W&B, Ray Tune report, ...); the store sink is always added.
+        store: the run store (default: ``TRACKING.STORE``).
+        run_id: use this run row (created by a launcher) or resume it.
+        dataset: a preloaded dataset (default: from ``DATA``).
+        progress: show a tqdm bar on the console.
+    """
+
+    def __init__(
+        self, config: Config, sinks: Sequence[Sink] = (), store: RunStore | None = None,
+        run_id: str | None = None, dataset: HierarchicalDataset | None = None, progress: bool = True,
+        sweep_id: str | None = None,
+    ):
+        from workbench.tracking import StoreSink, default_sinks
+
+        self.cfg = config
+        self.store = store or RunStore(config.TRACKING.STORE)
+        self.progress = progress
+        if config.TRAIN.NUM_THREADS:
+            torch.set_num_threads(config.TRAIN.NUM_THREADS)
+        self.device = pick_device(config.TRAIN.DEVICE)
+        ds = dataset if dataset is not None else load_dataset(config.DATA)
+        self.taxonomy: Taxonomy = ds.taxonomy
+        self.train_ds, self.val_ds = train_val_split(ds, config.DATA.VAL_FRACTION, config.DATA.SEED)
+        self.init_path = resolve_init_from(config.TRAIN.INIT_FROM, self.store) if config.TRAIN.INIT_FROM else None
+        self.init_state = self._checked_init_state()  # before the run row exists: a bad parent stores nothing
+        self.run_id = self._ensure_run(run_id, sweep_id)
+        self.ckpt_path = checkpoint_dir(self.store, self.run_id) / CHECKPOINT_NAME
+        self._build()
+        self.sinks: list[Sink] = [StoreSink(self.store), *default_sinks(config, self.store), *sinks]
+
+    # ------------------------------------------------------------------ set-up
+    def _ensure_run(self, run_id: str | None, sweep_id: str | None) -> str:
+        parent = self._parent_run_id()
+        if run_id and self.store.has_run(run_id):
+            return run_id
+        return self.store.create_run(
+            self.cfg.to_dict(), name=self.cfg.TRACKING.RUN_NAME, run_id=run_id, parent_id=parent,
+            sweep_id=sweep_id, status="queued",
+        )
+
+    def _parent_run_id(self) -> str | None:
+        """The run the ``INIT_FROM`` checkpoint belongs to (phase 2's parent), when known."""
+        return None if self.init_state is None else self.init_state.get("run_id")
+
+    def _checked_init_state(self) -> dict | None:
+        """Phase 2's starting checkpoint, after checking it was trained on the same taxonomy."""
+        if self.init_path is None:
+            return None
+        state = load_checkpoint(self.init_path)
+        if Taxonomy.from_dict(state["taxonomy"]) != self.taxonomy:
+            raise ConfigError(
+                f"`TRAIN.INIT_FROM` {self.init_path}: its taxonomy differs from this run's data "
+                f"(ranks {state['taxonomy']['ranks']} vs {list(self.taxonomy.ranks)})"
+            )
+        return state
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.TRAIN.SEED)
+        self.model: HierarchicalModel = build_model(
+            cfg.MODEL.BACKBONE, cfg.MODEL.HIDDEN, cfg.MODEL.HEAD, self.train_ds.num_features, self.taxonomy,
+            cfg.MODEL.DROPOUT,
+        ).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY)
+        r = self.taxonomy.num_ranks
+        if cfg.LOSS.RANK_WEIGHTS is not None:
+            if len(cfg.LOSS.RANK_WEIGHTS) != r:
+                raise ConfigError(f"`LOSS.RANK_WEIGHTS` must have {r} entries (one per rank), got {cfg.LOSS.RANK_WEIGHTS}")
+            self.rank_weights = torch.tensor(cfg.LOSS.RANK_WEIGHTS, dtype=torch.float32)
+        else:
+            self.rank_weights = rank_weights_from_w(cfg.LOSS.W, r)
+        self.rank_weights = self.rank_weights.to(self.device)
+        self.class_weights = None
+        if cfg.LOSS.CLASS_WEIGHTS == "balanced":
+            cw = balanced_class_weights(self.train_ds.targets, self.taxonomy.num_classes)
+            self.class_weights = [w.to(self.device) for w in cw]
+        self.multilabel_ranks = set(self.train_ds.multilabel) if cfg.LOSS.MULTILABEL else set()
+        nm = cfg.SCHEDULE.NULL_MASKING
+        self.schedule = NullMaskSchedule(nm.ENABLED, nm.START_PROB, nm.END_PROB, nm.START_EPOCH, nm.END_EPOCH)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 1)
+        self.mask_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 2)
+        self.health = HealthMonitor(self.taxonomy.ranks)
+        self.use_amp = self.device.type == "cuda"
+
+    def _state(self, epoch: int) -> dict:
+        return {
+            "run_id": self.run_id, "epoch": epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
+            "taxonomy": self.taxonomy.to_dict(), "rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle_gen.get_state(), "mask_rng": self.mask_gen.get_state(),
+        }
+
+    def _load_init(self) -> None:
+        """Phase 2: start from another run's weights (taxonomy checked at construction)."""
+        try:
+            self.model.load_state_dict(self.init_state["model"])
+        except RuntimeError as e:
+            raise ConfigError(f"`TRAIN.INIT_FROM` {self.init_path}: the model architecture differs: {e}") from None
+
+    def _restore(self) -> int:
+        """Resume from this run's checkpoint; returns the first epoch still to train."""
+        if not self.ckpt_path.is_file():
+            return 0
+        state = load_checkpoint(self.ckpt_path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.shuffle_gen.set_state(state["shuffle_rng"])
+        self.mask_gen.set_state(state["mask_rng"])
+        return int(state["epoch"]) + 1
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> str:
+        """Train to ``TRAIN.EPOCHS``; returns the final status (finished, stopped or failed).
+
+        A failure is recorded (status ``failed`` with the traceback in the store) and re-raised.
+        """
+        start = self._restore() if resume else 0
+        if start == 0 and self.init_state is not None:
+            self._load_init()
+        self.store.update_run(self.run_id, status="running", pid=os.getpid(), error=None)
+        dispatch(self.sinks, "on_start", RunStarted(
+            self.run_id, self.cfg.to_dict(), self.taxonomy.ranks, start, self._parent_run_id()))
+        epoch = start - 1
+        status, error = "finished", None
+        bar = tqdm(total=self.cfg.TRAIN.EPOCHS, initial=start, desc=f"run {self.run_id}", unit="epoch",
+                   disable=not self.progress)
+        try:
+            for epoch in range(start, self.cfg.TRAIN.EPOCHS):
+                result = self.run_epoch(epoch)
+                dispatch(self.sinks, "on_epoch", result)
+                save_checkpoint(self.ckpt_path, self._state(epoch))
+                bar.update(1)
+                bar.set_postfix(_postfix(result.metrics), refresh=False)
+                if self.store.stop_requested(self.run_id):
+                    raise StopRun
+        except StopRun:
+            status = "stopped"
+        except BaseException as e:
+            status, error = "failed", "".join(traceback.format_exception(e))
+            raise
+        finally:
+            bar.close()
+            dispatch(self.sinks, "on_finish", RunFinished(self.run_id, status, epoch + 1, error))
+        return status
+
+    def run_epoch(self, epoch: int) -> EpochResult:
+        t0 = time.perf_counter()
+        train_metrics = self.train_epoch(epoch)
+        seconds = time.perf_counter() - t0
+        val_metrics, curves, val_out = self.evaluate(self.val_ds, split="val")
+        metrics = {**train_metrics, **val_metrics,
+                   "time/epoch_seconds": seconds, "time/train_samples_per_sec": len(self.train_ds) / seconds}
+        health = self.health.check_epoch(train_metrics, val_out, self.model)
+        for key, fired in self.health.flags().items():
+            metrics[f"health/{key}"] = float(fired)
+        return EpochResult(self.run_id, epoch, metrics, curves, health, str(self.ckpt_path))
+
+    def _forward(self, batch):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            logits, z = self.model.forward_with_embedding(batch.features, batch.valid)
+        return [lg.float() for lg in logits], z
+
+    def _loss(self, logits, batch, keep):
+        multilabel = {r: t for r, t in batch.multilabel.items() if r in self.multilabel_ranks}
+        return hierarchical_loss(logits, batch.targets, keep, self.rank_weights, self.class_weights,
+                                 batch.sample_weight, multilabel)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set; metrics from the training batches themselves."""
+        self.model.train()
+        ranks = self.taxonomy.ranks
+        acc = M.HierarchicalAccuracy(len(ranks))
+        stats = EpochStats(per_rank_sum=torch.zeros(len(ranks)))
+        n_batches = self.train_ds.num_batches(self.cfg.TRAIN.BATCH_SIZE)
+        phase1 = self.cfg.TRAIN.PHASE1_MASK_NULL_LOSS
+        kept = torch.zeros(len(ranks))
+        for b, batch in enumerate(self.train_ds.batches(self.cfg.TRAIN.BATCH_SIZE, shuffle=True, generator=self.shuffle_gen)):
+            batch = batch.to(self.device, non_blocking=True)
+            p = 0.0 if phase1 else self.schedule.prob(epoch + b / n_batches)  # fractional epoch
+            keep = null_keep_mask(batch.targets, p, phase1=phase1, training=True, generator=self.mask_gen)  # (B, R)
+            logits, z = self._forward(batch)
+            total, per_rank = self._loss(logits, batch, keep)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.health.after_backward(total)
+            self.optimizer.step()
+            bsz = batch.targets.shape[0]
+            stats.loss_sum += float(total.detach()) * bsz
+            stats.per_rank_sum += per_rank.detach().cpu() * bsz
+            stats.n += bsz
+            stats.prob_sum += p
+            stats.batches += 1
+            kept += keep.sum(dim=0).cpu()
+            acc.update(torch.stack([lg.argmax(dim=1) for lg in logits], dim=1), batch.targets)
+        out = acc.compute()
+        metrics = {
+            "core/train_loss": stats.loss_sum / stats.n,
+            "core/train_chain_acc": float(out["chain_acc"]),
+            "core/train_partial_chain_acc": float(out["partial_chain_acc"]),
+            "schedule/null_inclusion_prob": stats.prob_sum / stats.batches,
+        }
+        for r, rank in enumerate(ranks):
+            metrics[f"train/acc/{rank}"] = float(out["rank_acc"][r])
+            metrics[f"train/loss/{rank}"] = float(stats.per_rank_sum[r] / stats.n)
+            metrics[f"train/kept/{rank}"] = float(kept[r])
+        return metrics
+
+    @torch.no_grad()
+    def predict(self, ds: HierarchicalDataset, batch_size: int = 8192):
+        """``(logits list of R x (N, K_r + 1), embeddings (N, H))`` in eval mode."""
+        self.model.eval()
+        outs, zs = [], []
+        for batch in ds.batches(batch_size):
+            logits, z = self._forward(batch.to(self.device))
+            outs.append([lg.cpu() for lg in logits])
+            zs.append(z.float().cpu())
+        logits = [torch.cat([o[r] for o in outs]) for r in range(self.taxonomy.num_ranks)]
+        return logits, torch.cat(zs)
+
+    def probabilities(self, logits: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Softmax per rank (sigmoid for BCE ranks); marginal log-probs softmax to themselves."""
+        return [torch.sigmoid(lg) if r in self.multilabel_ranks else torch.softmax(lg, dim=1)
+                for r, lg in enumerate(logits)]
+
+    def evaluate(self, ds: HierarchicalDataset, split: str = "val"):
+        """Metrics, threshold curves and raw outputs on ``ds`` (nulls always count here)."""
+        logits, z = self.predict(ds)
+        full = ds.batch(torch.arange(len(ds)))
+        keep = null_keep_mask(full.targets, 1.0, phase1=False, training=False)
+        total, per_rank = self._loss(logits, full, keep)
+        preds = torch.stack([lg.argmax(dim=1) for lg in logits], dim=1)  # (N, R), null is a class
+        y = full.targets
+        ranks = self.taxonomy.ranks
+        rank_acc = M.rank_accuracy(preds, y)
+        sev = M.mistake_severity(preds, y, self.taxonomy)
+        metrics = {
+            f"core/{split}_loss": float(total),
+            f"core/{split}_chain_acc": float(M.chain_accuracy(preds, y)),
+            f"core/{split}_partial_chain_acc": float(M.partial_chain_accuracy(preds, y)),
+            f"{split}/consistency": float(M.consistency_rate(preds, self.taxonomy)),
+            f"{split}/severity": float(sev["severity"]),
+            f"{split}/hdist@1": float(sev["hdist@1"]),
+        }
+        probs = self.probabilities(logits)
+        multilabel = {r: full.multilabel[r] for r in self.multilabel_ranks}
+        curves = M.threshold_curves(probs, y, multilabel_targets=multilabel)
+        for r, rank in enumerate(ranks):
+            metrics[f"{split}/acc/{rank}"] = float(rank_acc[r])
+            metrics[f"{split}/loss/{rank}"] = float(per_rank[r])
+            by = "micro_f1" if r in multilabel else "accuracy"
+            tau, value = M.best_thresholds({r: curves[r]}, by=by)[r]
+            metrics[f"{split}/best_tau/{rank}"] = tau
+            metrics[f"{split}/best_tau_{by}/{rank}"] = value
+        frame = M.curves_frame(curves, ranks)
+        frame.insert(0, "split", split)
+        return metrics, frame, {"preds": preds, "targets": y, "embeddings": z, "valid": full.valid}
+
+
+def _postfix(metrics) -> dict[str, str]:
+    keys = {"loss": "core/train_loss", "val_chain": "core/val_chain_acc", "val_partial": "core/val_partial_chain_acc"}
+    return {short: f"{metrics[k]:.3f}" for short, k in keys.items() if k in metrics}
