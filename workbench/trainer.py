@@ -181,7 +181,8 @@ class Trainer:
         self.health = HealthMonitor(self.taxonomy.ranks)
         self.use_amp = self.device.type == "cuda"
 
-    def _state(self, epoch: int) -> dict:
+    def state_dict(self, epoch: int) -> dict:
+        """Everything a resume needs after ``epoch``: weights, optimizer, RNG states, config, taxonomy."""
         return {
             "run_id": self.run_id, "epoch": epoch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
@@ -228,7 +229,7 @@ class Trainer:
             for epoch in range(start, self.cfg.TRAIN.EPOCHS):
                 result = self.run_epoch(epoch)
                 dispatch(self.sinks, "on_epoch", result)
-                save_checkpoint(self.ckpt_path, self._state(epoch))
+                save_checkpoint(self.ckpt_path, self.state_dict(epoch))
                 bar.update(1)
                 bar.set_postfix(_postfix(result.metrics), refresh=False)
                 if self.store.stop_requested(self.run_id):

@@ -1,0 +1,68 @@
+"""Shared fixtures. Ray is started once per test session (it takes ~10-25 s on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance in this process for the whole session (short temp dir: socket paths are limited)."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="wbray-", dir="/tmp")
+    ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real `ray start --head` cluster on 127.0.0.1, started and stopped (by its own process group) here.
+
+    Yields the address. Drivers join with RAY_AUTH_MODE=token (Ray 2.60 turns token auth on).
+    """
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="wbrc-", dir="/tmp")
+    log = open(Path(temp) / "head.log", "w")
+    cmd = [str(Path(PYTHON).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+           "--num-cpus", "2", "--temp-dir", temp, "--include-dashboard=false", "--disable-usage-stats", "--block"]
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while "Ray runtime started" not in (Path(temp) / "head.log").read_text():
+        if head.poll() is not None or time.time() > deadline:
+            os.killpg(head.pid, signal.SIGKILL) if head.poll() is None else None
+            pytest.fail("ray start --head did not come up:\n" + (Path(temp) / "head.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield f"127.0.0.1:{port}"
+    os.killpg(head.pid, signal.SIGTERM)  # only the processes this fixture started
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+    shutil.rmtree(temp, ignore_errors=True)
