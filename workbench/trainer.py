@@ -9,6 +9,7 @@ missing or duplicated epoch.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from workbench import metrics as M
 from workbench.config import Config, ConfigError
 from workbench.data import HierarchicalDataset, load_dataset, train_val_split
-from workbench.events import EpochResult, RunFinished, RunStarted, Sink, dispatch
+from workbench.events import EpochResult, RunFinished, RunStarted, Sink, SinkError, dispatch
 from workbench.health import HealthMonitor
 from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
 from workbench.masking import NullMaskSchedule, null_keep_mask
@@ -31,6 +32,7 @@ from workbench.store import RunStore
 from workbench.taxonomy import Taxonomy
 
 CHECKPOINT_NAME = "checkpoint.pt"
+log = logging.getLogger(__name__)
 
 
 class StopRun(Exception):
@@ -53,11 +55,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written temp file (disk full) must not eat the space
+        raise
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -241,8 +247,18 @@ class Trainer:
             raise
         finally:
             bar.close()
-            dispatch(self.sinks, "on_finish", RunFinished(self.run_id, status, epoch + 1, error))
+            self._finish(RunFinished(self.run_id, status, epoch + 1, error))
         return status
+
+    def _finish(self, event: RunFinished) -> None:
+        """Tell the sinks the run ended. When the run already failed (say, the disk is full), a sink
+        that cannot record that is logged, so the original error is the one that propagates."""
+        try:
+            dispatch(self.sinks, "on_finish", event)
+        except SinkError as e:
+            if event.status != "failed":
+                raise
+            log.error("could not record the failure of run %s: %s", self.run_id, e)
 
     def run_epoch(self, epoch: int) -> EpochResult:
         t0 = time.perf_counter()
