@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--optuna", action="store_true", help="Optuna search over --dist keys")
     r.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial")
     r.add_argument("--resume", metavar="SWEEP_ID", help="resume an interrupted sweep")
+    r.add_argument("--sweep-id", default=None, help="id for a new sweep (default: generated); launchers pass one to watch it")
     r.add_argument("--smoke-test", action="store_true", help="tiny trials (2 epochs) for CI")
     o = p.add_argument_group("tracking and output")
     o.add_argument("--store", default=None, help="run store (default: the config's TRACKING.STORE)")
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         print(f"sweep: {spec.num_trials()} trials over {', '.join(spec.resolved_grid()) or '-'}"
               f"{' on ' + args.address if args.address else ' on local Ray'}", flush=True)
         connect_ray(args.address, temp_dir=None)
-        sweep_id, grid = run_sweep(spec, settings, sweep_id=args.resume, resume=bool(args.resume))
+        sweep_id, grid = run_sweep(spec, settings, sweep_id=args.resume or args.sweep_id, resume=bool(args.resume))
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
