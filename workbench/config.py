@@ -242,6 +242,13 @@ def format_validation_error(error: ValidationError, source: str) -> str:
             lines.append(f"`{loc}` is not a known key{_allowed_keys(err['loc'])}")
         elif err["type"] == "missing":
             lines.append(f"`{loc}` is required")
+        elif isinstance(value, dict) and err["type"] == "value_error":
+            # a section-level rule ("START_EPOCH must be <= END_EPOCH, got ..."): its message already
+            # states the values; name the key it starts with instead of echoing the whole section
+            first, _, rest = msg.partition(" ")
+            if first in value and rest:
+                loc, msg = (f"{loc}.{first}" if loc else first), rest
+            lines.append(f"`{loc}` {_rule(msg)}" if loc else _rule(msg))
         else:
             where = f"`{loc}` " if loc else ""
             lines.append(f"{where}{_rule(msg)}, got {value!r}")

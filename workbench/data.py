@@ -184,11 +184,13 @@ def _one_hot(df: pd.DataFrame, col: str) -> tuple[np.ndarray, list[str]]:
     return dummies.to_numpy(), list(dummies.columns)
 
 
-def _frame_dataset(name, raw, labels, ranks, features, feature_names, null_values=None, notes="", sample_weight=None):
-    taxonomy = Taxonomy.from_frame(labels, ranks, null_values=null_values, source=name)
+def _frame_dataset(name, raw, labels, ranks, features, feature_names, null_values=None, notes="", sample_weight=None,
+                   source=None):
+    source = source or name  # errors name the file (full path) where there is one
+    taxonomy = Taxonomy.from_frame(labels, ranks, null_values=null_values, source=source)
     return HierarchicalDataset(
         features=torch.as_tensor(features, dtype=torch.float32),
-        targets=taxonomy.encode(labels, source=name),
+        targets=taxonomy.encode(labels, source=source),
         taxonomy=taxonomy, feature_names=feature_names, name=name,
         sample_weight=sample_weight, raw=raw.reset_index(drop=True), feature_notes=notes,
     )
@@ -303,7 +305,15 @@ def _sibling_multihot(ds: HierarchicalDataset, r: int, rng: np.random.Generator)
     y = ds.targets[:, r]
     multi = torch.zeros(len(ds), k)
     multi[torch.arange(len(ds)), y] = 1.0
-    extra = torch.as_tensor(rng.integers(1, k, len(ds)))
+    # a sibling shares the true class's parent: pick uniformly among the parent's children
+    parent = ds.taxonomy.parents[r]  # (K_r + 1,)
+    u = torch.as_tensor(rng.random(len(ds)))
+    extra = y.clone()
+    for p in parent[1:].unique().tolist():
+        children = torch.nonzero(parent == p).flatten()
+        children = children[children != 0]
+        rows = (y != 0) & (parent[y] == p)
+        extra[rows] = children[(u[rows] * len(children)).long().clamp_max(len(children) - 1)]
     add = torch.as_tensor(rng.random(len(ds)) < 0.3) & (y != 0)
     multi[torch.arange(len(ds))[add], extra[add]] = 1.0
     multi[:, 0] = (y == 0).float()
@@ -326,7 +336,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         else:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .parquet")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save the file as UTF-8") from e
+        raise DataError(f"{path}: {_first_non_utf8(path)} is not UTF-8 text: save the file as UTF-8") from e
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as e:
         if isinstance(e, DataError):
             raise
@@ -337,6 +347,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if dupes:
         raise DataError(f"{path}: duplicate column name(s) in the header: {[c.rsplit('.', 1)[0] for c in dupes]}")
     return df
+
+
+def _first_non_utf8(path: Path) -> str:
+    """Where the first non-UTF-8 byte is: "line 3 (data row 1), byte 5 of the line"."""
+    for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            row = f" (data row {lineno - 2})" if lineno > 1 else " (the header)"
+            return f"line {lineno}{row}, byte {e.start + 1} of the line,"
+    return "a byte sequence"
 
 
 def load_table(
@@ -370,7 +391,8 @@ def load_table(
             raise DataError(f"{source}: column {sample_weight!r}, row {row}: sample weight must be >= 0, got {w[row]}")
         weight = torch.as_tensor(w, dtype=torch.float32)
     try:
-        ds = _frame_dataset(Path(path).name, df, labels, list(ranks), x, cols, null_values, sample_weight=weight)
+        ds = _frame_dataset(Path(path).name, df, labels, list(ranks), x, cols, null_values, sample_weight=weight,
+                            source=source)
     except TaxonomyError as e:
         raise DataError(str(e)) from e
     ds.feature_notes = f"{len(cols)} numeric columns from {Path(path).name}"
@@ -393,6 +415,11 @@ def _feature_columns(df, ranks, features, prefix, weight_col, source) -> list[st
     return cols
 
 
+def _cell(value) -> str:
+    """A cell for an error message: 'an empty cell' for NaN/None, else its repr."""
+    return "an empty cell" if pd.isna(value) else repr(value.item() if hasattr(value, "item") else value)
+
+
 def _numeric_matrix(df: pd.DataFrame, cols: Sequence[str], source: str) -> np.ndarray:
     """``(N, len(cols))`` float64; an error names the first non-numeric or missing cell."""
     out = np.empty((len(df), len(cols)))
@@ -402,7 +429,7 @@ def _numeric_matrix(df: pd.DataFrame, cols: Sequence[str], source: str) -> np.nd
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
             raise DataError(
-                f"{source}: column {c!r}, row {i}: expected a finite number, got {df[c].iloc[i]!r}"
+                f"{source}: column {c!r}, row {i}: expected a finite number, got {_cell(df[c].iloc[i])}"
             )
         out[:, j] = values
     return out

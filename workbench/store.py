@@ -209,7 +209,9 @@ class RunStore:
         long = self.metrics(run_ids, keys)
         if long.empty:
             return pd.DataFrame(columns=["run_id", "epoch"])
-        wide = long.pivot_table(index=["run_id", "epoch"], columns="key", values="value", aggfunc="last", dropna=False)
+        # pivot, not pivot_table(dropna=False): that one fills in the cross product of runs and epochs,
+        # inventing rows for epochs a run never had; (run, epoch, key) is unique here (primary key)
+        wide = long.pivot(index=["run_id", "epoch"], columns="key", values="value")
         return wide.reset_index().rename_axis(columns=None)
 
     def curves(self, run_id: str, epoch: int | None = None, split: str = "val") -> pd.DataFrame:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,16 @@ class WandbSink(BaseSink):
         except Exception as e:  # W&B must never stop training: the store has everything
             self.failed = f"{type(e).__name__}: {e}"
             log.warning("W&B logging disabled for the rest of this run: %s", self.failed)
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        """After a failure, still close the W&B run (best effort) so it does not stay open."""
+        if self.run is not None:
+            try:
+                self.run.finish(exit_code=1)
+            except Exception as e:
+                log.warning("W&B run could not be closed: %s", e)
+            self.run = None
 
     def on_start(self, event: RunStarted) -> None:
         self._guard(self._init, event)
@@ -85,7 +96,10 @@ class WandbSink(BaseSink):
 
                 self.run.log({"curves/val": wandb.Table(dataframe=self._last.curves)}, step=self._last.epoch)
             self.run.summary["status"] = event.status
+            sync_file = Path(self.run.settings.sync_file)
             self.run.finish(exit_code=0 if event.status != "failed" else 1)
+            if self.mode == "offline" and not wait_for_exit_record(sync_file):
+                log.warning("W&B offline file %s is still incomplete after finish()", sync_file)
 
         if self.run is not None:
             self._guard(finish)
@@ -135,6 +149,29 @@ def _wandb_records(path: Path) -> Iterator[bytes]:
         elif kind == _LAST:
             yield pending + chunk
             pending = b""
+
+
+def wait_for_exit_record(path: Path, timeout: float = 30.0) -> bool:
+    """Wait until the ``.wandb`` file at ``path`` holds its run's exit record; False on timeout.
+
+    ``run.finish()`` returns before wandb's service has flushed an offline run to disk (the file
+    can still be only its 7-byte header), so a reader right after training would see no run.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for raw in _wandb_records(path):
+                rec = pb.Record()
+                rec.ParseFromString(raw)
+                if rec.WhichOneof("record_type") == "exit":
+                    return True
+        except Exception:  # missing or half-written file: look again
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def read_wandb_offline_run(run_dir: str | Path) -> dict:
@@ -197,8 +234,10 @@ def pull_wandb(
         if h.empty:
             continue
         step = h["epoch"] if "epoch" in h else h["_step"]
+        # a logged table or other media object is flattened into "<key>/_type", "<key>/nrows", ...: not metrics
+        media = tuple(c[: -len("_type")] for c in h.columns if c.endswith("/_type"))
         metric_cols = [c for c in h.columns if not c.startswith("_") and c != "epoch"
-                       and pd.api.types.is_numeric_dtype(h[c])]
+                       and not (media and c.startswith(media)) and pd.api.types.is_numeric_dtype(h[c])]
         long = h.assign(epoch=step)[["epoch", *metric_cols]].melt(id_vars="epoch", var_name="metric").dropna()
         long.insert(0, "run", run["run_id"])
         long.insert(1, "group", run["group"])
