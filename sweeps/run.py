@@ -105,7 +105,7 @@ def results(spec, settings, sweep_id: str, out_dir: Path) -> str:
     print(text)
     ranks = spec.base["DATA"].get("RANKS") or sorted({m.split("/")[-1] for m in tidy["metric"] if m.startswith("val/acc/")})
     fig = accuracy_vs_key_figure(summary, keys[0], ranks)
-    fig.write_html(out_dir / "accuracy_vs_key.html", include_plotlyjs="cdn")
+    fig.write_html(out_dir / "accuracy_vs_key.html", include_plotlyjs=True)  # works offline
     try:
         fig.write_image(out_dir / "accuracy_vs_key.png", width=1100, height=450)
     except Exception as e:  # kaleido (and a browser for it) is optional
