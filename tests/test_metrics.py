@@ -521,3 +521,20 @@ def test_calibration_error_ignores_null_targets(n, k, seed):
     # the probabilities of null-target samples do not matter
     other = torch.where(labelled[:, None], probs, torch.softmax(torch.randn(n, k + 1, generator=g), dim=1))
     torch.testing.assert_close(calibration_error(other, target), ece)
+
+
+def test_multilabel_curves_score_only_rows_labelled_at_that_rank():
+    g = torch.Generator().manual_seed(3)
+    n, k = 40, 5
+    probs = torch.sigmoid(torch.randn(n, k + 1, generator=g, dtype=torch.float64))
+    hot = (torch.rand(n, k + 1, generator=g) < 0.4).float()
+    hot[:, 0] = 0
+    targets = torch.ones(n, 1, dtype=torch.long)
+    targets[::3, 0] = 0  # a third of the rows have no label set at this rank
+    hot[::3] = 0
+    hot[::3, 0] = 1
+    both = threshold_curves([probs], targets, multilabel_targets={0: hot})[0]
+    labelled = targets[:, 0] != 0
+    only = threshold_curves([probs[labelled]], targets[labelled], multilabel_targets={0: hot[labelled]})[0]
+    for name in MULTILABEL_CURVE_NAMES:
+        close(both[name], only[name])

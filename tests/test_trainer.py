@@ -360,3 +360,21 @@ def test_health_flags_collapsed_embeddings(tmp_path):
     health = json.loads(t.store.run(t.run_id)["health"])
     assert "collapsed_embeddings" in health and "empty_sets" in health
     assert wide["health/nonfinite_loss"].iloc[0] == 0.0
+
+
+def test_curves_last_epoch_only_keeps_the_store_small(tmp_path):
+    from workbench.config import Config
+    from workbench.store import RunStore
+    from workbench.trainer import Trainer
+
+    cfg = Config.from_dict({
+        "DATA": {"NAME": "synthetic", "SYNTHETIC": {"N": 300, "NUM_FEATURES": 4, "BRANCHING": [2, 2], "NULL_RATES": [0, 0.2]}},
+        "MODEL": {"HIDDEN": [8]}, "TRAIN": {"EPOCHS": 3, "NUM_THREADS": 1},
+        "TRACKING": {"STORE": str(tmp_path / "w.db"), "CURVES": "last_epoch"},
+    })
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    store = RunStore(tmp_path / "w.db")
+    assert store.curves(trainer.run_id)["epoch"].unique().tolist() == [2]
+    best = store.metrics(trainer.run_id, keys=["val/best_tau/level0"])
+    assert best["epoch"].tolist() == [0, 1, 2]  # best thresholds are logged every epoch all the same

@@ -139,6 +139,8 @@ class WandbConfig(_Section):
 class TrackingConfig(_Section):
     STORE: str = "runs/workbench.db"
     RUN_NAME: str | None = None
+    # threshold curves are ~R x 4 x 101 rows an epoch: many short runs (a w grid) may keep the last only
+    CURVES: Literal["every_epoch", "last_epoch"] = "every_epoch"
     WANDB: WandbConfig = Field(default_factory=WandbConfig)
 
 
@@ -169,10 +171,15 @@ class Config(_Section):
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
+        if not path.is_file():
+            raise ConfigError(f"{path}: is a folder, not a config file")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte {e.object[e.start]:#04x}): save the file as UTF-8") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(e)}") from None
         data = apply_overrides(data or {}, overrides or [])
         return cls.from_dict(data, source=str(path))
 
@@ -254,6 +261,18 @@ def format_validation_error(error: ValidationError, source: str) -> str:
             lines.append(f"{where}{_rule(msg)}, got {value!r}")
     head = f"{source}: invalid config" if len(lines) > 1 else f"{source}:"
     return head + (" " + lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines))
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line (the CLI prints errors as one line): where, what, and the construct it was in."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return ": " + " ".join(str(e).split()).replace('in "<unicode string>", ', "at ")
+    text = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None:
+        text += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
+    return text
 
 
 def _rule(msg: str) -> str:

@@ -11,6 +11,7 @@ torchmetrics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -147,8 +148,12 @@ def single_label_curves(probs: torch.Tensor, target: torch.Tensor, thresholds: t
     Prediction = argmax over the real classes if its probability >= tau, else null. Sorting the
     confidences once gives every threshold's counts by binary search: O(N log N + T log N).
     """
-    conf, cls = probs[:, 1:].max(dim=1)  # (N,), (N,)
-    cls = cls + 1
+    if probs.shape[1] > 1:
+        conf, cls = probs[:, 1:].max(dim=1)  # (N,), (N,)
+        cls = cls + 1
+    else:  # a rank without a real class (null in every training label): the model always abstains
+        conf = probs.new_full(probs.shape[:1], -math.inf)
+        cls = torch.zeros_like(target)
     order = torch.argsort(conf, descending=True)
     conf_sorted = conf[order].double()
     labelled = (target != 0)[order]
@@ -206,7 +211,7 @@ def threshold_curves(
 
     ``probs``: ``R`` tensors ``(N, K_r + 1)`` (softmax, or sigmoid for multi-label ranks listed in
     ``multilabel_targets``). Single-label curves: :data:`CURVE_NAMES`; multi-label:
-    :data:`MULTILABEL_CURVE_NAMES`. Use :func:`curves_frame` for a tidy DataFrame.
+    :data:`MULTILABEL_CURVE_NAMES`, over the rows labelled at that rank. Use :func:`curves_frame` for a tidy DataFrame.
     """
     tau = default_thresholds() if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float64)
     tau = tau.to(targets.device)
@@ -214,7 +219,10 @@ def threshold_curves(
     out = {}
     for r, p in enumerate(probs):
         if r in multilabel_targets:
-            curves = multilabel_curves(p, multilabel_targets[r], tau)
+            # rows unlabelled at this rank have no label set to score (all-negative rows would
+            # count as exact matches whenever nothing is predicted)
+            labelled = targets[:, r] != 0
+            curves = multilabel_curves(p[labelled], multilabel_targets[r][labelled], tau)
         else:
             curves = single_label_curves(p, targets[:, r], tau)
         out[r] = {"tau": tau, **curves}

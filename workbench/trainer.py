@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: no ipywidgets warning in notebooks
 
 from workbench import metrics as M
 from workbench.config import Config, ConfigError
@@ -87,6 +87,21 @@ def resolve_init_from(ref: str, store: RunStore) -> Path:
     )
 
 
+def taxonomy_difference(theirs: Taxonomy, ours: Taxonomy) -> str:
+    """The first difference between a checkpoint's taxonomy and this run's, in words (for errors)."""
+    if theirs.ranks != ours.ranks:
+        return f"ranks {list(theirs.ranks)} in the checkpoint vs {list(ours.ranks)} here"
+    for r, rank in enumerate(ours.ranks):
+        a, b = theirs.vocab[r][1:], ours.vocab[r][1:]
+        if a != b:
+            only = sorted(set(a) - set(b))[:3] or sorted(set(b) - set(a))[:3]
+            where = "only in the checkpoint" if set(a) - set(b) else "only here"
+            return f"rank {rank!r}: {len(a)} classes in the checkpoint vs {len(b)} here; e.g. {only} {where}"
+        if not torch.equal(theirs.parents[r], ours.parents[r]):
+            return f"rank {rank!r}: the same classes with different parents"
+    return "the null values differ"
+
+
 @dataclass
 class EpochStats:
     """Sums over one pass; means are taken once at the end (never a mean of batch means)."""
@@ -128,9 +143,12 @@ class Trainer:
         self.train_ds, self.val_ds = train_val_split(ds, config.DATA.VAL_FRACTION, config.DATA.SEED)
         self.init_path = resolve_init_from(config.TRAIN.INIT_FROM, self.store) if config.TRAIN.INIT_FROM else None
         self.init_state = self._checked_init_state()  # before the run row exists: a bad parent stores nothing
+        self._check_config_fits_data()  # likewise: a config that cannot train must not leave a run row
+        self._build()
+        if self.init_state is not None:
+            self._load_init()  # an architecture mismatch is an error here, before the run row exists
         self.run_id = self._ensure_run(run_id, sweep_id)
         self.ckpt_path = checkpoint_dir(self.store, self.run_id) / CHECKPOINT_NAME
-        self._build()
         self.sinks: list[Sink] = [StoreSink(self.store), *default_sinks(config, self.store), *sinks]
 
     # ------------------------------------------------------------------ set-up
@@ -152,12 +170,30 @@ class Trainer:
         if self.init_path is None:
             return None
         state = load_checkpoint(self.init_path)
-        if Taxonomy.from_dict(state["taxonomy"]) != self.taxonomy:
+        theirs = Taxonomy.from_dict(state["taxonomy"])
+        if theirs != self.taxonomy:
             raise ConfigError(
                 f"`TRAIN.INIT_FROM` {self.init_path}: its taxonomy differs from this run's data "
-                f"(ranks {state['taxonomy']['ranks']} vs {list(self.taxonomy.ranks)})"
+                f"({taxonomy_difference(theirs, self.taxonomy)})"
             )
         return state
+
+    def _check_config_fits_data(self) -> None:
+        """Config values that are valid alone but not for this data (rank count, feature layout)."""
+        weights, r = self.cfg.LOSS.RANK_WEIGHTS, self.taxonomy.num_ranks
+        if weights is not None and len(weights) != r:
+            raise ConfigError(
+                f"`LOSS.RANK_WEIGHTS` must have {r} entries (one per rank: {', '.join(self.taxonomy.ranks)}), "
+                f"got {weights}"
+            )
+        backbone, shape = self.cfg.MODEL.BACKBONE, tuple(self.train_ds.features.shape)
+        want = 3 if backbone == "set_attention" else 2
+        if len(shape) != want:
+            needs = "padded sets, features (N, S, F) with a valid mask" if want == 3 else "features (N, F), one row per sample"
+            raise ConfigError(
+                f"`MODEL.BACKBONE` {backbone!r} needs {needs}; the data {self.train_ds.name!r} has features of shape "
+                f"{shape}" + ("; use 'set_attention'" if want == 2 else "; use 'mlp'")
+            )
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -168,9 +204,7 @@ class Trainer:
         ).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY)
         r = self.taxonomy.num_ranks
-        if cfg.LOSS.RANK_WEIGHTS is not None:
-            if len(cfg.LOSS.RANK_WEIGHTS) != r:
-                raise ConfigError(f"`LOSS.RANK_WEIGHTS` must have {r} entries (one per rank), got {cfg.LOSS.RANK_WEIGHTS}")
+        if cfg.LOSS.RANK_WEIGHTS is not None:  # length checked in __init__
             self.rank_weights = torch.tensor(cfg.LOSS.RANK_WEIGHTS, dtype=torch.float32)
         else:
             self.rank_weights = rank_weights_from_w(cfg.LOSS.W, r)
@@ -198,10 +232,18 @@ class Trainer:
 
     def _load_init(self) -> None:
         """Phase 2: start from another run's weights (taxonomy checked at construction)."""
-        try:
-            self.model.load_state_dict(self.init_state["model"])
-        except RuntimeError as e:
-            raise ConfigError(f"`TRAIN.INIT_FROM` {self.init_path}: the model architecture differs: {e}") from None
+        theirs, ours = self.init_state["model"], self.model.state_dict()
+        differ = sorted(set(theirs) ^ set(ours)) + [k for k in ours if k in theirs and theirs[k].shape != ours[k].shape]
+        if differ:
+            model, mine = (self.init_state.get("config") or {}).get("MODEL", {}), self.cfg.to_dict()["MODEL"]
+            changed = [k for k, v in model.items() if mine.get(k) != v]
+            settings = (f": the checkpoint has {', '.join(f'MODEL.{k}={model[k]}' for k in changed)}, this run "
+                        f"{', '.join(f'MODEL.{k}={mine.get(k)}' for k in changed)}") if changed else ""
+            raise ConfigError(
+                f"`TRAIN.INIT_FROM` {self.init_path}: the model architecture differs ({len(differ)} tensor(s), "
+                f"e.g. {differ[0]!r}){settings}"
+            )
+        self.model.load_state_dict(theirs)
 
     def _restore(self) -> int:
         """Resume from this run's checkpoint; returns the first epoch still to train."""
@@ -267,6 +309,8 @@ class Trainer:
         val_metrics, curves, val_out = self.evaluate(self.val_ds, split="val")
         metrics = {**train_metrics, **val_metrics,
                    "time/epoch_seconds": seconds, "time/train_samples_per_sec": len(self.train_ds) / seconds}
+        if self.cfg.TRACKING.CURVES == "last_epoch" and epoch != self.cfg.TRAIN.EPOCHS - 1:
+            curves = curves.iloc[0:0]  # best thresholds are still in the metrics
         health = self.health.check_epoch(train_metrics, val_out, self.model)
         for key, fired in self.health.flags().items():
             metrics[f"health/{key}"] = float(fired)
@@ -308,7 +352,7 @@ class Trainer:
             stats.prob_sum += p
             stats.batches += 1
             kept += keep.sum(dim=0).cpu()
-            acc.update(torch.stack([lg.argmax(dim=1) for lg in logits], dim=1), batch.targets)
+            acc.update(self.predict_classes(logits), batch.targets)
         out = acc.compute()
         metrics = {
             "core/train_loss": stats.loss_sum / stats.n,
@@ -334,6 +378,14 @@ class Trainer:
         logits = [torch.cat([o[r] for o in outs]) for r in range(self.taxonomy.num_ranks)]
         return logits, torch.cat(zs)
 
+    def predict_classes(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """``LongTensor (N, R)``: argmax over all ``K_r + 1`` outputs (null is a class the model can
+        predict), except on BCE ranks, whose null column is never trained: there the most probable
+        real class."""
+        cols = [lg[:, 1:].argmax(dim=1) + 1 if r in self.multilabel_ranks else lg.argmax(dim=1)
+                for r, lg in enumerate(logits)]
+        return torch.stack(cols, dim=1)
+
     def probabilities(self, logits: list[torch.Tensor]) -> list[torch.Tensor]:
         """Softmax per rank (sigmoid for BCE ranks); marginal log-probs softmax to themselves."""
         return [torch.sigmoid(lg) if r in self.multilabel_ranks else torch.softmax(lg, dim=1)
@@ -345,7 +397,7 @@ class Trainer:
         full = ds.batch(torch.arange(len(ds)))
         keep = null_keep_mask(full.targets, 1.0, phase1=False, training=False)
         total, per_rank = self._loss(logits, full, keep)
-        preds = torch.stack([lg.argmax(dim=1) for lg in logits], dim=1)  # (N, R), null is a class
+        preds = self.predict_classes(logits)  # (N, R)
         y = full.targets
         ranks = self.taxonomy.ranks
         rank_acc = M.rank_accuracy(preds, y)

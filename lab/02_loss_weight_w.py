@@ -1,0 +1,216 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · How much weight should the coarse rank get?
+#
+# **Question.** With two ranks the loss is `L = w * L_coarse + (1 - w) * L_fine`. A common default
+# puts `w` in 0.2-0.4. Does the data support that, and does the answer change between independent
+# heads (one softmax per rank) and the marginal head (one softmax over the fine rank; coarse
+# probabilities are sums of their children)?
+#
+# Method: sweep `w` from 0 to 1 with several seeds on two 2-rank datasets, in-process (a plain
+# loop over `Trainer`, no Ray): **olive** (region > area, 572 oils, 8 fatty acids) and a
+# **synthetic** 4 > 24 Gaussian mixture that is hard at the fine rank. We read the validation
+# accuracy at each rank at the final epoch from the run store and plot mean ± sd over seeds.
+
+# %% tags=["parameters"]
+SMOKE = False  # CI: two w values, one seed, one epoch, tiny data
+
+# %%
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from workbench import plots
+from workbench.config import Config
+from workbench.data import load_olive, make_synthetic
+from workbench.store import RunStore
+from workbench.sweep_results import store_tidy, summarize
+from workbench.trainer import Trainer
+
+SMOKE = SMOKE or os.environ.get("WORKBENCH_SMOKE") == "1"
+RUNS = Path(os.environ.get("WORKBENCH_LAB_RUNS", "_runs")) / "02_loss_weight_w"
+shutil.rmtree(RUNS, ignore_errors=True)
+RUNS.mkdir(parents=True)
+torch.set_num_threads(1)  # tiny models: one thread each is fastest on a shared 2-core machine
+pd.set_option("display.width", 160)
+
+W_GRID = [0.0, 0.3, 1.0] if SMOKE else [round(0.1 * i, 1) for i in range(11)]
+SEEDS = 1 if SMOKE else 3
+HEADS = ["independent", "marginal"]
+print(f"SMOKE={SMOKE}: {len(W_GRID)} w values x {SEEDS} seeds x {len(HEADS)} heads per dataset")
+
+# %% [markdown]
+# ## The two datasets
+#
+# Olive's coarse rank is easy (3 regions, near-perfectly separable); its fine rank has 9 areas.
+# The synthetic mixture has 4 coarse classes with 6 children each; fine class means sit close to
+# their parent's mean, so the fine rank is where the errors are. No null labels here: this
+# notebook is only about `w`.
+
+# %%
+olive = load_olive()
+synthetic = make_synthetic(n=400 if SMOKE else 3000, branching=(4, 6), num_features=8, noise=1.5,
+                           null_rates=(0.0, 0.0), seed=0)
+DATASETS = {
+    "olive": (olive, {"DATA": {"NAME": "olive", "RANKS": ["region", "area"], "VAL_FRACTION": 0.25},
+                      "TRAIN": {"EPOCHS": 1 if SMOKE else 15, "BATCH_SIZE": 64, "LR": 0.01}}),
+    "synthetic": (synthetic, {"DATA": {"NAME": "synthetic", "VAL_FRACTION": 0.25},
+                              "TRAIN": {"EPOCHS": 1 if SMOKE else 12, "BATCH_SIZE": 128, "LR": 0.005}}),
+}
+pd.concat({name: ds.summary_frame() for name, (ds, _) in DATASETS.items()})
+
+# %% [markdown]
+# ## The sweep: one in-process loop
+#
+# Each (dataset, head, `w`, seed) is one `Trainer` run with a preloaded dataset; runs of one dataset
+# share a `sweep_id`, so `sweep_results.store_tidy` / `summarize` (the same code the Ray sweeps use)
+# aggregate them. The seed drives the initialisation, shuffling and dropout; the train/validation
+# split stays fixed (`DATA.SEED = 0`), so the spread is training noise, not split noise.
+
+# %%
+store = RunStore(RUNS / "workbench.db")
+t0 = time.perf_counter()
+for name, (ds, overrides) in DATASETS.items():
+    for head in HEADS:
+        for w in W_GRID:
+            for seed in range(SEEDS):
+                cfg = Config.from_dict({
+                    **overrides,
+                    "MODEL": {"HIDDEN": [64, 32], "HEAD": head, "DROPOUT": 0.1},
+                    "LOSS": {"W": w},
+                    "TRAIN": {**overrides["TRAIN"], "SEED": seed, "DEVICE": "cpu", "NUM_THREADS": 1},
+                    "SCHEDULE": {"NULL_MASKING": {"ENABLED": False}},
+                    "TRACKING": {"STORE": str(store.path), "RUN_NAME": f"{name}-{head}-w{w}-s{seed}"},
+                })
+                Trainer(cfg, store=store, dataset=ds, progress=False, sweep_id=f"w-{name}").fit()
+    print(f"{name}: done after {time.perf_counter() - t0:.0f} s")
+
+# %% [markdown]
+# ## Accuracy at each rank vs `w`
+#
+# `summarize` gives mean and sd over seeds per (`w`, head) at each run's final epoch (and at its best
+# epoch by validation partial-chain accuracy, which selects on the validation set and is therefore
+# optimistic; we use the final epoch).
+
+# %%
+summaries = {}
+for name, (ds, _) in DATASETS.items():
+    s = summarize(store_tidy(store, f"w-{name}"), ["MODEL.HEAD", "LOSS.W"])
+    summaries[name] = s[s["at"] == "final"].drop(columns="at").reset_index(drop=True)
+cols = lambda name: [c for c in summaries[name].columns if c.endswith(" mean")]  # noqa: E731
+summaries["olive"][["MODEL.HEAD", "LOSS.W", "n", *cols("olive")]].round(3)
+
+# %%
+summaries["synthetic"][["MODEL.HEAD", "LOSS.W", "n", *cols("synthetic")]].round(3)
+
+
+# %%
+def band(fig, x, mean, sd, colour, name, row, col, dash="solid", show=True):
+    """Mean line with a +-1 sd band."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[mean + sd, (mean - sd)[::-1]], fill="toself",
+                             fillcolor=f"rgba({r},{g},{b},0.15)", line={"width": 0}, hoverinfo="skip",
+                             showlegend=False, legendgroup=name), row=row, col=col)
+    fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name, showlegend=show,
+                             line={"color": colour, "dash": dash, "width": 2}, marker={"size": 5}), row=row, col=col)
+
+
+fig = make_subplots(rows=len(DATASETS), cols=len(HEADS), shared_xaxes=True, vertical_spacing=0.12,
+                    horizontal_spacing=0.06,
+                    subplot_titles=[f"{name}: {head} heads" for name in DATASETS for head in HEADS])
+for i, (name, (ds, _)) in enumerate(DATASETS.items(), start=1):
+    for j, head in enumerate(HEADS, start=1):
+        s = summaries[name][summaries[name]["MODEL.HEAD"] == head].sort_values("LOSS.W")
+        x = s["LOSS.W"].to_numpy(dtype=float)
+        series = [(f"val/acc/{ds.taxonomy.ranks[0]}", "coarse rank", plots.PALETTE[0], "solid"),
+                  (f"val/acc/{ds.taxonomy.ranks[1]}", "fine rank", plots.PALETTE[1], "solid"),
+                  ("core/val_chain_acc", "chain", plots.PALETTE[2], "dot")]
+        for key, label, colour, dash in series:
+            band(fig, x, s[f"{key} mean"].to_numpy(), s[f"{key} std"].fillna(0).to_numpy(), colour, label,
+                 i, j, dash, show=(i, j) == (1, 1))
+        fig.add_vrect(x0=0.2, x1=0.4, fillcolor="#888", opacity=0.08, line_width=0, row=i, col=j)
+fig.update_xaxes(title_text="w (weight of the coarse rank)", row=len(DATASETS))
+fig.update_yaxes(title_text="val accuracy", range=[0, 1.02])
+fig.update_layout(template="plotly_white", height=620, width=1100,
+                  title=f"Validation accuracy vs w (final epoch, mean ± sd over {SEEDS} seed(s); grey: 0.2-0.4)")
+if not SMOKE:  # key figure -> docs/lab_02.png (python lab/run.py 02 --png)
+    fig.write_html(RUNS / "lab_02.html", include_plotlyjs=True, config={"displayModeBar": False})
+fig.show()
+
+# %% [markdown]
+# ## What the data says about `w` in 0.2-0.4
+#
+# For each dataset and head: accuracy at each rank averaged over `w` in {0.2, 0.3, 0.4}, compared with
+# the best single `w` on the grid and with the ends of the range. A difference smaller than the
+# seed-to-seed sd is no evidence either way.
+
+# %%
+rows = []
+for name, (ds, _) in DATASETS.items():
+    coarse, fine = (f"val/acc/{r}" for r in ds.taxonomy.ranks)
+    for head in HEADS:
+        s = summaries[name][summaries[name]["MODEL.HEAD"] == head].set_index("LOSS.W")
+        mid = s.loc[[w for w in s.index if 0.2 - 1e-9 <= w <= 0.4 + 1e-9]]
+        for label, key in (("coarse", coarse), ("fine", fine), ("chain", "core/val_chain_acc")):
+            m = s[f"{key} mean"]
+            rows.append({
+                "dataset": name, "head": head, "rank": label,
+                "w=0": m.get(0.0, np.nan), "mean over w in [0.2, 0.4]": mid[f"{key} mean"].mean() if len(mid) else np.nan,
+                "w=0.5": m.get(0.5, np.nan), "w=1": m.get(1.0, np.nan),
+                "best w": float(m.idxmax()), "best": m.max(), "typical sd": s[f"{key} std"].mean(),
+            })
+verdict = pd.DataFrame(rows)
+verdict.round(3)
+
+# %%
+for (name, head), v in verdict.groupby(["dataset", "head"], sort=False):
+    v = v.set_index("rank")
+    gap = v.loc["fine", "best"] - v.loc["fine", "mean over w in [0.2, 0.4]"]
+    print(f"{name}, {head}: fine acc {v.loc['fine', 'mean over w in [0.2, 0.4]']:.3f} at w in [0.2, 0.4] "
+          f"(best {v.loc['fine', 'best']:.3f} at w={v.loc['fine', 'best w']:g}, gap {gap:+.3f}, sd ~{v.loc['fine', 'typical sd']:.3f}); "
+          f"coarse acc {v.loc['coarse', 'mean over w in [0.2, 0.4]']:.3f} (w=0: {v.loc['coarse', 'w=0']:.3f}); "
+          f"fine acc at w=1: {v.loc['fine', 'w=1']:.3f}")
+
+# %% [markdown]
+# ## What the full run found
+#
+# Full run: `w` = 0, 0.1, ..., 1 × 3 seeds × 2 heads on each dataset (132 runs, olive 15 epochs,
+# synthetic 12 epochs; 6 min on a busy 2-core machine). Final-epoch validation accuracy, mean over seeds:
+#
+# | dataset, head | coarse at w=0 | coarse, w in 0.1-0.9 | fine at w=0 | fine, mean over w in 0.2-0.4 | best fine (w) | fine at w=0.9 / 1 | seed sd (fine) |
+# |---|---|---|---|---|---|---|---|
+# | olive, independent | 0.138 | 1.000 | 0.941 | 0.949 | 0.951 (0.4) | 0.941 / 0.169 | ~0.03 |
+# | olive, marginal | 0.998 | 0.998-1.000 | 0.939 | 0.939 | 0.944 (0.5) | 0.941 / 0.352 | ~0.02 |
+# | synthetic, independent | 0.175 | 0.916-0.924 | 0.601 | 0.597 | 0.602 (0.1) | 0.569 / 0.046 | ~0.01 |
+# | synthetic, marginal | 0.928 | 0.922-0.930 | 0.606 | 0.601 | 0.606 (0.0) | 0.553 / 0.161 | ~0.01 |
+#
+# What the data says about `w` in 0.2-0.4:
+#
+# - **It is a safe choice, not a special one.** At both ranks, the accuracy averaged over
+#   `w` in {0.2, 0.3, 0.4} is within 0.005 of the best grid value, less than the seed-to-seed sd
+#   (0.01-0.03). The whole range 0.1-0.8 is flat within noise on both datasets; no value of the coarse
+#   weight *improves* fine-rank accuracy measurably (no hierarchical-regularisation gain at this scale).
+# - **The ends are what matter.** With independent heads, `w = 0` leaves the coarse head untrained
+#   (coarse accuracy 0.14 on olive, 0.18 on synthetic) and `w = 1` the fine head (0.17, 0.05). Fine
+#   accuracy starts to fall from `w` ≈ 0.8 on the harder synthetic data (0.588 at 0.8, 0.569 at 0.9).
+# - **The marginal head removes the need for a coarse weight**: its coarse probabilities are sums of
+#   the fine ones, so at `w = 0` it is as accurate at the coarse rank (0.998 olive, 0.928 synthetic)
+#   as independent heads with a tuned `w`, and on synthetic data `w = 0` gave its best fine accuracy
+#   (0.606, within noise of the rest). It still fails at `w = 1` (only the coarse sums are trained).
