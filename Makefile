@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: run test bench install browser clean demo
+.PHONY: run test bench lab install browser clean demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+lab: $(STAMP)
+	$(PY) lab/run.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
