@@ -286,8 +286,9 @@ def make_synthetic(
     weights = 1.0 / (np.arange(1, len(paths) + 1) ** imbalance)
     leaf = rng.choice(len(paths), size=n, p=weights / weights.sum())
     x = leaf_mean[leaf] + rng.normal(0, noise, (n, num_features))
-    names = {r: [".".join(str(v) for v in paths[leaf][i, : r + 1]) for i in range(n)] for r in range(len(branching))}
-    labels = pd.DataFrame({ranks[r]: [f"c{v}" for v in names[r]] for r in range(len(branching))})
+    # name each leaf's ancestors once (a handful of paths), then index by leaf: O(N), not O(N^2)
+    path_names = {r: np.array([f"c{'.'.join(str(v) for v in p[: r + 1])}" for p in paths]) for r in range(len(branching))}
+    labels = pd.DataFrame({ranks[r]: path_names[r][leaf] for r in range(len(branching))}, dtype=object)
     # nested nulls from the fine end: one uniform per sample
     u = rng.random(n)
     for r in range(len(branching)):
@@ -332,7 +333,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if path.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         elif path.suffix.lower() in (".csv", ".txt", ".tsv"):
-            df = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", encoding="utf-8")
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+            # pandas takes extra fields in the first data row as index columns: the columns shift
+            # silently (and a line with millions of fields takes minutes and GBs). Parse the header
+            # and that row alone first (a wider row is a fast ParserError), then never infer an index.
+            pd.read_csv(path, sep=sep, encoding="utf-8", header=None, nrows=2, dtype=str)
+            df = pd.read_csv(path, sep=sep, encoding="utf-8", index_col=False)
         else:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .parquet")
     except UnicodeDecodeError as e:
@@ -340,7 +346,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"{path}: could not be parsed: {e}") from e
+        raise DataError(f"{path}: could not be parsed: {str(e).strip()}") from e
     if df.empty:
         raise DataError(f"{path}: no data rows")
     dupes = [c for c in df.columns if "." in str(c) and str(c).rsplit(".", 1)[0] in df.columns and str(c).rsplit(".", 1)[1].isdigit()]
@@ -410,14 +416,33 @@ def _feature_columns(df, ranks, features, prefix, weight_col, source) -> list[st
         cols = [c for c in df.columns if str(c).startswith(prefix) and c not in taken]
     else:
         cols = [c for c in df.columns if c not in taken and pd.api.types.is_numeric_dtype(df[c])]
+        _no_numeric_column_with_text(df, [c for c in df.columns if c not in taken and c not in cols], source)
     if not cols:
         raise DataError(f"{source}: no feature columns found (prefix={prefix!r}); columns are {list(df.columns)}")
     return cols
 
 
-def _cell(value) -> str:
-    """A cell for an error message: 'an empty cell' for NaN/None, else its repr."""
-    return "an empty cell" if pd.isna(value) else repr(value.item() if hasattr(value, "item") else value)
+def _no_numeric_column_with_text(df: pd.DataFrame, cols: Sequence[str], source: str) -> None:
+    """A numeric column with a few text cells reads as text and would silently drop out of the
+    default features: an error naming the first such cell (a column mostly of text is categorical)."""
+    for c in cols:
+        values = df[c]
+        parsed = pd.to_numeric(values, errors="coerce")
+        filled = values.notna()
+        if filled.any() and parsed[filled].notna().mean() >= 0.5:
+            i = int(np.nonzero((filled & parsed.isna()).to_numpy())[0][0])
+            raise DataError(
+                f"{source}: column {c!r}, row {i}: expected a finite number, got {_cell(values.iloc[i])} "
+                f"(the column is otherwise numeric; fix the cell, or list the feature columns in DATA.FEATURES)"
+            )
+
+
+def _cell(value, limit: int = 60) -> str:
+    """A cell for an error message: 'an empty cell' for NaN/None, else its repr (a long one cut short)."""
+    if pd.isna(value):
+        return "an empty cell"
+    text = repr(value.item() if hasattr(value, "item") else value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _numeric_matrix(df: pd.DataFrame, cols: Sequence[str], source: str) -> np.ndarray:

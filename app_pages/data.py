@@ -1,0 +1,198 @@
+"""Data page: pick a built-in dataset or upload a table, map columns to ranks, inspect the taxonomy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app_pages import _shared as sh
+from workbench import plots
+from workbench.config import ConfigError
+from workbench.data import DataError
+from workbench.taxonomy import TaxonomyError
+
+LIBRARY_ERRORS = (ConfigError, DataError, TaxonomyError)
+BUILTIN_INFO = {
+    "synthetic": "Hierarchical Gaussian mixture: coarse classes are easier to separate than fine ones; labels "
+                 "are nulled from the fine end (a sample null at a rank is null at every finer rank).",
+    "ratdat": "Portal Project rodent survey (35,549 animals): taxa > genus > species from weight, hindfoot "
+              "length, sex, plot type and month. Placeholder genera (\"Rodent\", \"Sparrow\", ...) and \"sp.\" "
+              "are partial labels.",
+    "olive": "Italian olive oils (572): region > area from 8 fatty acids. Fully labelled.",
+}
+BUILTIN_RANKS = {"ratdat": ["taxa", "genus", "species"], "olive": ["region", "area"]}
+st.title("Data")
+st.caption("Choose what to train on. Labels form a taxonomy, coarse to fine; a missing (null) label at a "
+           "rank is a *partial* label, not an error. The Train page uses the dataset chosen here.")
+
+current = sh.data_section()
+sh.init("d_source", "Upload a file" if current["NAME"] == "file" else "Built-in")
+source = st.segmented_control("Source", ["Built-in", "Upload a file"], key="d_source", required=True) or "Built-in"
+
+
+def builtin_section() -> dict | None:
+    names = list(BUILTIN_INFO)
+    sh.init("d_name", current["NAME"] if current["NAME"] in names else names[0])
+    name = st.selectbox("Dataset", names, key="d_name")
+    st.caption(BUILTIN_INFO[name])
+    data: dict = {"NAME": name}
+    if name == "synthetic":
+        syn = current.get("SYNTHETIC") if current["NAME"] == "synthetic" else sh.DEFAULT_DATA["SYNTHETIC"]
+        syn = {**sh.DEFAULT_DATA["SYNTHETIC"], **(syn or {})}
+        for key, value in (("d_n", int(syn["N"])), ("d_branching", ", ".join(map(str, syn["BRANCHING"]))),
+                           ("d_nulls", ", ".join(f"{v:g}" for v in syn["NULL_RATES"])),
+                           ("d_features", int(syn["NUM_FEATURES"])), ("d_noise", float(syn["NOISE"])),
+                           ("d_imbalance", float(syn["IMBALANCE"])), ("d_seed", int(current.get("SEED", 0)))):
+            sh.init(key, value)
+        c1, c2, c3 = st.columns(3)
+        n = c1.number_input("Samples (N)", 10, 500_000, step=1000, key="d_n")
+        branching = c2.text_input("Branching per rank", key="d_branching",
+                                  help="Children per node at each rank, coarse to fine: 3, 3, 3 gives 3 > 9 > 27 classes.")
+        nulls = c3.text_input("Null rate per rank", key="d_nulls",
+                              help="Fraction of samples whose label is missing at each rank (non-decreasing).")
+        c1, c2, c3, c4 = st.columns(4)
+        feats = c1.number_input("Features", 1, 1024, key="d_features")
+        noise = c2.number_input("Noise (std)", 0.0, 20.0, step=0.25, key="d_noise")
+        imbalance = c3.slider("Imbalance (Zipf exponent)", 0.0, 3.0, step=0.1, key="d_imbalance")
+        seed = c4.number_input("Seed", 0, 10_000, key="d_seed")
+        try:
+            data["SYNTHETIC"] = {
+                "N": int(n), "BRANCHING": sh.parse_numbers(branching, int, "Branching per rank"),
+                "NUM_FEATURES": int(feats), "NOISE": float(noise),
+                "NULL_RATES": sh.parse_numbers(nulls, float, "Null rate per rank"), "IMBALANCE": float(imbalance),
+            }
+        except ConfigError as e:
+            st.error(str(e))
+            return None
+        data["SEED"] = int(seed)
+    else:
+        options = BUILTIN_RANKS[name]
+        if st.session_state.get("d_ranks_builtin_for") != name:  # new dataset: all its ranks
+            st.session_state["d_ranks_builtin"] = list(current.get("RANKS") or options) if current["NAME"] == name else options
+            st.session_state["d_ranks_builtin_for"] = name
+        chosen = st.multiselect("Ranks (coarse to fine)", options, key="d_ranks_builtin")
+        if not chosen:
+            st.error("Pick at least one rank.")
+            return None
+        data["RANKS"] = [r for r in options if r in chosen]
+    return data
+
+
+def upload_section() -> dict | None:
+    uploaded = st.file_uploader(
+        f"CSV, TSV or Parquet (up to {sh.MAX_UPLOAD_MB} MB)", type=list(sh.UPLOAD_TYPES),
+        max_upload_size=sh.MAX_UPLOAD_MB, key="d_upload",
+        help="One row per sample: one column per rank (class names; empty = null) and numeric feature columns.",
+    )
+    path = None
+    if uploaded is not None:
+        try:
+            path = sh.save_upload(sh.store_path().parent / "uploads", uploaded.name, uploaded.getvalue())
+        except DataError as e:
+            st.error(str(e))
+            return None
+    elif current["NAME"] == "file" and current.get("PATH"):
+        path = current["PATH"]
+        st.caption(f"Using the previously uploaded file `{path}`.")
+    if path is None:
+        st.info("Upload a table to map its columns to ranks and features.")
+        return None
+    stat = Path(path).stat()
+    try:
+        df = sh.read_columns(str(path), stat.st_size, stat.st_mtime_ns)
+    except DataError as e:
+        st.error(str(e))
+        return None
+    cols = [str(c) for c in df.columns]
+    numeric = [str(c) for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+    text = [c for c in cols if c not in numeric]
+    prev = current if current["NAME"] == "file" else {}
+    st.caption(f"`{Path(path).name}`: {len(df):,} rows, {len(cols)} columns.")
+    if st.session_state.get("d_file_for") != str(path):  # a new file: fresh column mapping
+        st.session_state["d_file_for"] = str(path)
+        st.session_state["d_ranks"] = [c for c in (prev.get("RANKS") or text[:3]) if c in cols]
+        st.session_state["d_feats"] = [c for c in (prev.get("FEATURES") or numeric) if c in numeric]
+        st.session_state["d_weight"] = "(none)"
+        st.session_state["d_nullvals"] = ""
+    ranks = st.multiselect("Rank columns, coarse to fine (in the order you pick them)", cols, key="d_ranks")
+    feature_options = [c for c in cols if c not in ranks]
+    st.session_state["d_feats"] = [c for c in st.session_state.get("d_feats", []) if c in feature_options]
+    features = st.multiselect("Feature columns (numeric; default: every numeric column)", feature_options,
+                              key="d_feats")
+    c1, c2 = st.columns(2)
+    weight_options = ["(none)"] + [c for c in numeric if c not in ranks]
+    if st.session_state.get("d_weight") not in weight_options:
+        st.session_state["d_weight"] = "(none)"
+    weight = c1.selectbox("Sample weight column (optional)", weight_options, key="d_weight")
+    nullvals = c2.text_input("Extra null values (comma-separated)", key="d_nullvals",
+                             help="Label strings that mean 'missing', besides empty cells. Default: empty, NaN, sp., unknown.")
+    with st.expander("Preview of the file"):
+        st.dataframe(df.head(20), hide_index=True)
+    if not ranks:
+        st.warning("Pick the rank columns, coarse to fine.")
+        return None
+    data = {"NAME": "file", "PATH": str(path), "RANKS": ranks, "FEATURES": [c for c in features if c != weight] or None}
+    if weight != "(none)":
+        data["SAMPLE_WEIGHT"] = weight
+    extra = [v.strip() for v in nullvals.split(",") if v.strip()]
+    if extra:
+        data["NULL_VALUES"] = ["", "sp.", "unknown", *extra]
+    return data
+
+
+with st.container(border=True):
+    data = builtin_section() if source == "Built-in" else upload_section()
+    if data is not None:
+        sh.init("d_val", float(current.get("VAL_FRACTION", 0.2)))
+        data["VAL_FRACTION"] = st.slider("Validation fraction", 0.05, 0.5, step=0.05, key="d_val",
+                                         help="Stratified by label path.")
+        data.setdefault("SEED", int(current.get("SEED", 0)))
+
+if data is None:
+    st.stop()
+
+try:
+    ds = sh.load_dataset(data)
+except LIBRARY_ERRORS as e:
+    st.error(str(e))
+    st.stop()
+
+sh.set_data_section(data)
+summary = ds.summary_frame()
+st.success(f"The Train page will train on **{ds.name}** ({len(ds):,} samples).", icon=":material/check:")
+
+c1, c2, c3, c4 = st.columns([1, 1, 2.4, 1])
+c1.metric("Samples", f"{len(ds):,}")
+c2.metric("Features", ds.num_features)
+c3.metric("Ranks", " > ".join(ds.taxonomy.ranks))
+fully = float((ds.targets != 0).all(dim=1).float().mean())
+c4.metric("Fully labelled", f"{fully:.1%}", help="Samples with a label at every rank.")
+if ds.feature_notes:
+    st.caption(f"Features: {ds.feature_notes}")
+
+tab_tax, tab_counts, tab_ranks, tab_rows = st.tabs(["Taxonomy", "Class counts", "Ranks & nulls", "Rows"])
+with tab_tax:
+    st.caption("Each ring is a rank, sized by samples. A gap under a node is the share of its samples whose "
+               "label stops there (null at the finer ranks). Click a node to zoom.")
+    st.plotly_chart(plots.taxonomy_sunburst(ds), key="sunburst")
+with tab_counts:
+    if st.session_state.get("d_count_rank") not in ds.taxonomy.ranks:
+        st.session_state["d_count_rank"] = ds.taxonomy.ranks[-1]
+    rank = st.selectbox("Rank", list(ds.taxonomy.ranks), key="d_count_rank")
+    st.plotly_chart(plots.class_counts(ds.class_counts(rank), rank), key="class_counts")
+with tab_ranks:
+    st.caption("Classes exclude null. Null rate = share of samples with no label at that rank.")
+    st.dataframe(summary, hide_index=True, column_config={
+        "null_rate": st.column_config.ProgressColumn("null rate", format="percent", min_value=0.0, max_value=1.0),
+        "labelled": st.column_config.NumberColumn("labelled samples", format="localized"),
+    })
+with tab_rows:
+    st.caption("How raw values become tensors: labels are encoded per rank (0 = null), features as listed.")
+    row = st.number_input("Row to trace", 0, max(len(ds) - 1, 0), 0, key="d_row")
+    st.code(ds.describe(int(row)), language=None)
+    head = ds.taxonomy.decode(ds.targets[:10])
+    for r, rank in enumerate(ds.taxonomy.ranks):
+        head[f"{rank} id"] = ds.targets[:10, r].tolist()
+    st.dataframe(head, hide_index=True)

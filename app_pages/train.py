@@ -1,0 +1,309 @@
+"""Train page: configure a run, launch it in its own process, watch it live from the store."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app_pages import _shared as sh
+from workbench import plots
+from workbench.config import ConfigError
+from workbench.launch import (
+    ACTIVE, LaunchError, checkpoint_path, launch_phase2, launch_run, log_tail, reconcile, stop_run,
+)
+from workbench.masking import NullMaskSchedule
+from workbench.store import StoreError
+
+LR_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+BATCH_CHOICES = [32, 64, 128, 256, 512, 1024, 2048]
+DEFAULTS = {
+    "tr_w": 0.3, "tr_head": "independent", "tr_cw": "none", "tr_mask_on": True, "tr_p0": 0.0, "tr_p1": 1.0,
+    "tr_e0": 0, "tr_e1": 10, "tr_phase1": False, "tr_epochs": 30, "tr_bs": 256, "tr_lr": 3e-3, "tr_seed": 0,
+    "tr_wandb": False, "tr_wandb_mode": "offline", "tr_wandb_project": "workbench", "tr_name": "",
+    "tr_hidden": ", ".join(map(str, sh.DEFAULT_MODEL["HIDDEN"])), "tr_dropout": 0.1, "tr_wd": 1e-4,
+}
+for _key, _value in DEFAULTS.items():
+    sh.init(_key, _value)
+ss = st.session_state
+
+
+def form_config():
+    """The run config from the form's widgets (``ConfigError`` on a bad value)."""
+    hidden = sh.parse_numbers(ss.tr_hidden, int, "Hidden layer sizes")
+    return sh.build_config(
+        data=sh.data_section(),
+        model={**sh.DEFAULT_MODEL, "HEAD": ss.tr_head, "HIDDEN": hidden, "DROPOUT": float(ss.tr_dropout)},
+        loss={"W": float(ss.tr_w), "CLASS_WEIGHTS": ss.tr_cw},
+        train={"EPOCHS": int(ss.tr_epochs), "BATCH_SIZE": int(ss.tr_bs), "LR": float(ss.tr_lr),
+               "WEIGHT_DECAY": float(ss.tr_wd), "SEED": int(ss.tr_seed), "PHASE1_MASK_NULL_LOSS": bool(ss.tr_phase1)},
+        schedule={"ENABLED": bool(ss.tr_mask_on), "START_PROB": float(ss.tr_p0), "END_PROB": float(ss.tr_p1),
+                  "START_EPOCH": float(ss.tr_e0), "END_EPOCH": float(ss.tr_e1)},
+        tracking={"STORE": str(sh.store_path()), "RUN_NAME": ss.tr_name.strip() or None,
+                  "WANDB": {"ENABLED": bool(ss.tr_wandb), "MODE": ss.tr_wandb_mode, "PROJECT": ss.tr_wandb_project}},
+    )
+
+
+def start_run() -> None:
+    """``Start`` button: validate, launch, watch the new run."""
+    try:
+        run_id = launch_run(form_config(), sh.store_path())
+    except (ConfigError, LaunchError, StoreError) as e:
+        ss.tr_flash = ("error", str(e))
+        return
+    ss.tr_watch = run_id
+    ss.tr_flash = ("success", f"Started run `{run_id}`: training in its own process; the panel below follows it.")
+
+
+def start_phase2(parent_id: str) -> None:
+    overrides = {
+        "TRAIN.EPOCHS": int(ss.p2_epochs), "TRAIN.LR": float(ss.p2_lr),
+        "SCHEDULE.NULL_MASKING.ENABLED": True, "SCHEDULE.NULL_MASKING.START_PROB": float(ss.p2_p0),
+        "SCHEDULE.NULL_MASKING.END_PROB": float(ss.p2_p1), "SCHEDULE.NULL_MASKING.START_EPOCH": 0.0,
+        "SCHEDULE.NULL_MASKING.END_EPOCH": float(ss.p2_e1),
+    }
+    try:
+        run_id = launch_phase2(parent_id, sh.store_path(), overrides)
+    except (ConfigError, LaunchError, StoreError) as e:
+        ss.tr_flash = ("error", str(e))
+        return
+    ss.tr_watch = run_id
+    ss.tr_flash = ("success", f"Started phase 2 of `{parent_id}` as run `{run_id}`.")
+
+
+def request_stop(run_id: str) -> None:
+    stop_run(run_id, sh.store_path())
+
+
+# ---------------------------------------------------------------------- configure
+st.title("Train")
+data = sh.data_section()
+st.caption(f"Dataset: **{sh.describe_data(data)}** (change it on the Data page). A run trains in its own "
+           "process and writes every epoch to the run store; this page only reads the store.")
+
+with st.container(border=True):
+    left, right = st.columns([1.15, 1], gap="large")
+    with left:
+        st.subheader("Loss and model", divider="gray")
+        st.slider("Coarse-rank weight w", 0.0, 1.0, step=0.05, key="tr_w",
+                  help="Loss = w x coarse-rank CE + (1 - w) x finest-rank CE; with more ranks the coarser ones "
+                       "share w equally.")
+        c1, c2 = st.columns(2)
+        c1.radio("Head", ["independent", "marginal"], key="tr_head", horizontal=True,
+                 help="independent: one softmax per rank. marginal: one softmax over the finest rank; coarser "
+                      "ranks are sums over their descendants (always consistent).")
+        c2.radio("Class weights", ["none", "balanced"], key="tr_cw", horizontal=True,
+                 help="balanced: n / (K x count) per class over labelled samples.")
+        st.subheader("Optimisation", divider="gray")
+        c1, c2, c3, c4 = st.columns(4)
+        c1.number_input("Epochs", 1, 10_000, step=1, key="tr_epochs")
+        c2.select_slider("Batch size", BATCH_CHOICES, key="tr_bs")
+        c3.select_slider("Learning rate", LR_CHOICES, key="tr_lr", format_func=lambda v: f"{v:g}")
+        c4.number_input("Seed", 0, 1_000_000, step=1, key="tr_seed")
+        with st.expander("Model, name and tracking"):
+            c1, c2, c3 = st.columns(3)
+            c1.text_input("Hidden layer sizes", key="tr_hidden", help="MLP widths, comma-separated.")
+            c2.slider("Dropout", 0.0, 0.9, step=0.05, key="tr_dropout")
+            c3.select_slider("Weight decay", [0.0, 1e-5, 1e-4, 1e-3, 1e-2], key="tr_wd", format_func=lambda v: f"{v:g}")
+            c1, c2, c3 = st.columns(3)
+            c1.text_input("Run name (optional)", key="tr_name", placeholder="run id")
+            c2.toggle("Log to Weights & Biases", key="tr_wandb", help="Extra sink; the run store always has everything.")
+            c3.selectbox("W&B mode", ["offline", "online"], key="tr_wandb_mode", disabled=not ss.tr_wandb)
+    with right:
+        st.subheader("Null-label masking", divider="gray")
+        c1, c2 = st.columns(2)
+        c1.toggle("Phase 1: nulls never count", key="tr_phase1",
+                  help="TRAIN.PHASE1_MASK_NULL_LOSS: null-labelled elements are left out of the loss; the "
+                       "schedule is not consulted. Continue as phase 2 later to bring them in.")
+        c2.toggle("Schedule enabled", key="tr_mask_on", disabled=ss.tr_phase1,
+                  help="Off: every null label counts (p = 1).")
+        off = ss.tr_phase1 or not ss.tr_mask_on
+        c1, c2 = st.columns(2)
+        c1.slider("Start probability", 0.0, 1.0, step=0.05, key="tr_p0", disabled=off)
+        c2.slider("End probability", 0.0, 1.0, step=0.05, key="tr_p1", disabled=off)
+        c1.number_input("Ramp starts at epoch", 0, 10_000, step=1, key="tr_e0", disabled=off)
+        c2.number_input("Ramp ends at epoch", 0, 10_000, step=1, key="tr_e1", disabled=off)
+        try:
+            if ss.tr_phase1:
+                schedule = NullMaskSchedule(True, 0.0, 0.0, 0, 0)
+            else:
+                schedule = NullMaskSchedule(bool(ss.tr_mask_on), float(ss.tr_p0), float(ss.tr_p1),
+                                            float(ss.tr_e0), float(ss.tr_e1))
+            st.plotly_chart(plots.schedule_preview(schedule, int(ss.tr_epochs)), key="schedule_preview")
+            st.caption("Probability that a null (missing) label counts in the training loss, per batch; "
+                       "phase 1 is p = 0 throughout.")
+        except ValueError as e:  # ScheduleError: start epoch after end epoch, ...
+            st.error(str(e))
+
+    c1, c2 = st.columns([1, 4], vertical_alignment="center")
+    c1.button("Start run", type="primary", icon=":material/play_arrow:", on_click=start_run, key="tr_start",
+              width="stretch")
+    with c2.expander("Resolved config (YAML)"):
+        try:
+            st.code(form_config().to_yaml(), language="yaml")
+        except ConfigError as e:
+            st.error(str(e))
+
+flash = ss.pop("tr_flash", None)
+if flash:
+    getattr(st, flash[0])(flash[1])
+
+
+# ---------------------------------------------------------------------- watch
+st.header("Watch a run")
+store = sh.get_store()
+runs = store.runs()
+if not runs.empty and reconcile(store, list(runs.loc[runs["status"].isin(ACTIVE), "id"])):
+    runs = store.runs()  # a dead process was marked failed
+if runs.empty:
+    st.info("No runs yet. Press **Start run** above.")
+    st.stop()
+
+ids = list(runs["id"])
+labels = {r["id"]: sh.run_label(r) for r in runs.to_dict("records")}
+if ss.get("tr_watch") not in ids:
+    wanted = st.query_params.get("run")
+    ss.tr_watch = wanted if wanted in ids else ids[0]
+run_id = st.selectbox("Run", ids, format_func=labels.get, key="tr_watch")
+st.query_params["run"] = run_id
+run = store.run(run_id)
+is_active = run["status"] in ACTIVE
+
+if run["status"] in ("finished", "stopped") and checkpoint_path(store, run_id).is_file():
+    with st.expander("Continue as phase 2", icon=":material/fast_forward:"):
+        st.caption("A new run starts from this run's weights with null labels brought back in by a ramp "
+                   "(TRAIN.INIT_FROM = this run, PHASE1_MASK_NULL_LOSS off). The store records the parent.")
+        parent_train = run["config"].get("TRAIN", {})
+        c1, c2, c3, c4, c5 = st.columns(5)
+        c1.number_input("Phase-2 epochs", 1, 10_000, int(parent_train.get("EPOCHS", 10)), key="p2_epochs")
+        c2.select_slider("Learning rate", LR_CHOICES, value=min(LR_CHOICES, key=lambda v: abs(v - float(parent_train.get("LR", 1e-3)))),
+                         key="p2_lr", format_func=lambda v: f"{v:g}")
+        c3.slider("Start probability", 0.0, 1.0, 0.0, 0.05, key="p2_p0")
+        c4.slider("End probability", 0.0, 1.0, 1.0, 0.05, key="p2_p1")
+        c5.number_input("Ramp ends at epoch", 0, 10_000, max(int(parent_train.get("EPOCHS", 10)) // 2, 1), key="p2_e1")
+        st.button("Continue as phase 2", icon=":material/fast_forward:", on_click=start_phase2, args=(run_id,),
+                  key="tr_phase2")
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def run_view(store_path: str, run_id: str, version: tuple):
+    """A run's per-epoch metrics and figures, rebuilt only when the run's row changed (``version``).
+
+    The live panel reruns every second; with nothing new in the store it reuses these (read-only).
+    """
+    store = sh.store_at(store_path)
+    config = store.run(run_id)["config"]
+    wide = store.metrics_wide([run_id])
+    ranks = sh.run_ranks(config, wide.columns)
+    if wide.empty:
+        return wide, ranks, {}
+    wide = wide.sort_values("epoch").reset_index(drop=True)
+    figures = {"chain": plots.chain_vs_partial(wide), "loss": plots.loss_curves(wide, ranks),
+               "rank": plots.rank_accuracy(wide, ranks)}
+    return wide, ranks, figures
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def tau_figure(store_path: str, run_id: str, epoch: int, version: tuple, ranks: tuple, best: tuple):
+    curves = sh.store_at(store_path).curves(run_id, epoch=epoch)
+    return None if curves.empty else plots.threshold_curves(curves, dict(best), ranks=list(ranks))
+
+
+def live_panel(run_id: str, active: bool) -> None:
+    """The run's status and charts, re-read from the store every second while the run is active."""
+
+    @st.fragment(run_every=sh.LIVE_REFRESH_S if active else None)
+    def panel() -> None:
+        store = sh.get_store()
+        if active:
+            reconcile(store, [run_id])
+        run = store.run(run_id)
+        if active and run["status"] not in ACTIVE:
+            st.rerun()  # the run ended: redraw the page once (stops this timer, shows phase-2 controls)
+        config = run["config"]
+        epochs = int(config.get("TRAIN", {}).get("EPOCHS", 1))
+        version = (run["epochs_done"], run["updated"], run["status"])
+        wide, ranks, figures = run_view(str(store.path), run_id, version)
+
+        head, stop = st.columns([5, 1], vertical_alignment="center")
+        parent = f" · phase 2 of `{run['parent_id']}`" if run.get("parent_id") else ""
+        age = time.time() - float(run["updated"])
+        head.markdown(f"{sh.status_badge(run['status'])} **{run['name']}** `{run_id}`{parent} · "
+                      f"{sh.describe_data(config['DATA'])} · updated {age:,.0f} s ago")
+        if run["status"] in ACTIVE:
+            stop.button("Stop", icon=":material/stop_circle:", key="tr_stop", on_click=request_stop, args=(run_id,),
+                        disabled=bool(run.get("stop_requested")), width="stretch",
+                        help="Stops after the current epoch (the checkpoint is kept).")
+        if run["status"] in ACTIVE and run.get("stop_requested"):
+            st.caption(":material/stop_circle: Stop requested: the run stops after its current epoch.")
+        done = int(run.get("epochs_done") or 0)
+        st.progress(min(done / max(epochs, 1), 1.0), text=f"epoch {done} / {epochs}")
+
+        if run["status"] == "failed" and run.get("error"):
+            st.error("The run failed:", icon=":material/error:")
+            st.code("\n".join(str(run["error"]).rstrip().splitlines()[-60:]), language=None)
+        health = run.get("health")
+        if health:
+            import json
+
+            for check, message in json.loads(health).items():
+                st.warning(f"Health check **{check}**: {message}", icon=":material/warning:")
+
+        if wide.empty:
+            if run["status"] in ACTIVE:
+                st.info("Waiting for the first epoch (the process loads data and builds the model)...",
+                        icon=":material/hourglass_top:")
+            tail = log_tail(store, run_id, 15)
+            if tail:
+                with st.expander("Process log"):
+                    st.code(tail, language=None)
+            return
+        last = wide.iloc[-1]
+        prev = wide.iloc[-2] if len(wide) > 1 else None
+
+        def metric(col, label, key, fmt="{:.3f}", help=None):
+            value = last.get(key)
+            if value is None or value != value:
+                col.metric(label, "–", help=help)
+                return
+            delta = None if prev is None or key not in prev else float(value) - float(prev[key])
+            col.metric(label, fmt.format(value), None if delta is None or delta != delta else f"{delta:+.3f}",
+                       help=help, delta_color="inverse" if "loss" in key else "normal")
+
+        cols = st.columns(5)
+        metric(cols[0], "val partial-chain acc", "core/val_partial_chain_acc", help=sh.METRIC_HELP["partial"])
+        metric(cols[1], "val chain acc", "core/val_chain_acc", help=sh.METRIC_HELP["chain"])
+        metric(cols[2], "val loss", "core/val_loss")
+        metric(cols[3], "null inclusion p", "schedule/null_inclusion_prob", "{:.2f}",
+               help="Mean probability over the epoch's batches that a null label counted in the loss.")
+        metric(cols[4], "epoch time", "time/epoch_seconds", "{:.2f} s")
+
+        c1, c2 = st.columns(2)
+        with c1:
+            st.plotly_chart(figures["chain"], key="live_chain")
+        with c2:
+            st.plotly_chart(figures["loss"], key="live_loss")
+        st.caption(f"{sh.METRIC_HELP['chain']} {sh.METRIC_HELP['partial']} Train curves (dashed) are measured "
+                   "on the training batches as they are trained on.")
+        c1, c2 = st.columns([1, 1.6])
+        with c1:
+            st.plotly_chart(figures["rank"], key="live_rank")
+            st.caption(sh.METRIC_HELP["rank"])
+        with c2:
+            shown = int(last["epoch"])
+            if len(wide) > 1:
+                shown = st.slider("Threshold curves at epoch", int(wide["epoch"].min()), shown, shown,
+                                  help="Follows the latest epoch while the run is live.")
+            row = wide[wide["epoch"] == shown].iloc[0]
+            best = tuple((r, float(row[f"val/best_tau/{r}"])) for r in ranks if f"val/best_tau/{r}" in row)
+            fig = tau_figure(str(store.path), run_id, shown, version, tuple(ranks), best)
+            if fig is None:
+                st.info(f"No threshold curves stored for epoch {shown}.")
+            else:
+                st.plotly_chart(fig, key="live_tau")
+                st.caption(sh.METRIC_HELP["threshold"])
+
+    panel()
+
+
+live_panel(run_id, is_active)

@@ -1,0 +1,193 @@
+"""The dashboard in a real headless Chromium: start a run from the Train page and watch its chart grow.
+
+Starts ``streamlit run app.py`` on a free port with a tmp run store, drives it with Playwright, and
+saves the screenshots ``docs/train_live.png`` and ``docs/runs.png``. Waits for chart SVGs and for
+plotly's data in the DOM, never for "page load".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from workbench.config import Config
+from workbench.launch import ACTIVE, launch_run, run_alive, stop_run
+from workbench.store import RunStore
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser, pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+
+# the chart whose traces include partial-chain accuracy, and its number of epochs (plotly's parsed data)
+CHAIN_CHART_JS = """() => {
+  const g = [...document.querySelectorAll('.js-plotly-plot')]
+    .find(g => (g._fullData || []).some(t => (t.name || '').includes('partial-chain')));
+  if (!g || !g.querySelector('svg.main-svg')) return -1;
+  const t = g._fullData.find(t => t.name === 'val partial-chain');
+  return t && t.x ? t.x.length : 0;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: Path, port: int, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, WORKBENCH_STORE=str(store), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"streamlit did not answer on port {port}:\n{log.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def tiny_runs(store_path: Path) -> list[str]:
+    """Three small real runs (w = 0.2, 0.5, 0.8) for the Runs page, launched in the background."""
+    ids = []
+    for w in (0.2, 0.5, 0.8):
+        cfg = Config().with_overrides({
+            "DATA.SYNTHETIC.N": 600, "MODEL.HIDDEN": [32], "TRAIN.EPOCHS": 10, "TRAIN.BATCH_SIZE": 32,
+            "TRAIN.LR": 0.01, "TRAIN.NUM_THREADS": 1, "LOSS.W": w, "TRACKING.STORE": str(store_path),
+            "SCHEDULE.NULL_MASKING.END_EPOCH": 5})
+        ids.append(launch_run(cfg, store_path, name=f"tiny-w{w}"))
+    return ids
+
+
+def sidebar(page, title: str) -> None:
+    """Navigate inside the app (same session, so the Data page's choice carries over)."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
+
+
+def wait_store(store: RunStore, run_ids, statuses, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(store.run(r)["status"] in statuses for r in run_ids):
+            return
+        time.sleep(0.5)
+    raise AssertionError({r: store.run(r)["status"] for r in run_ids})
+
+
+@pytest.fixture
+def server(tmp_path):
+    store_path = tmp_path / "runs" / "workbench.db"
+    port = free_port()
+    proc = start_server(store_path, port, tmp_path / "streamlit.log")
+    yield f"http://127.0.0.1:{port}", store_path
+    stop_server(proc)
+    store = RunStore(store_path)
+    for row in store.runs().to_dict("records"):
+        if row["status"] in ACTIVE and row["pid"] and run_alive(int(row["pid"]), row["id"]):
+            stop_run(row["id"], store_path, force=True)
+
+
+def test_live_chart_grows_without_reload(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, store_path = server
+    store = RunStore(store_path)
+    background = tiny_runs(store_path)  # they train while the browser starts
+    DOCS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(90_000)
+            # Data page: a 1,500-sample synthetic set, so epochs are short on a busy 2-core machine
+            page.goto(f"{url}/")  # the Data page is the default page
+            page.wait_for_selector(".st-key-sunburst .js-plotly-plot svg.main-svg")
+            n = page.locator(".st-key-d_n input")
+            n.fill("1500")
+            n.press("Enter")
+            page.get_by_text("1,500 samples").wait_for()
+            sidebar(page, "Train")
+            page.wait_for_selector(".st-key-schedule_preview .js-plotly-plot svg.main-svg")
+            assert "N=1,500" in page.inner_text("body")
+            epochs = page.locator(".st-key-tr_epochs input")
+            epochs.fill("400")  # long enough to watch; the test stops it
+            epochs.press("Enter")
+            page.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot')].some(g =>
+                (g._fullData || []).some(t => t.name === 'epoch mean (logged)' && t.x.length === 400))""")
+            wait_store(store, background, ("finished", "failed", "stopped"), timeout=120)
+            page.locator(".st-key-tr_start button").click()
+            page.get_by_text("Started run").wait_for()
+            run_id = store.runs()["id"][0]
+            assert run_id not in background
+            assert store.run(run_id)["config"]["TRAIN"]["EPOCHS"] == 400
+
+            # the live chart appears with >= 2 epochs, then grows with no page reload
+            page.wait_for_function(f"() => ({CHAIN_CHART_JS})() >= 2", timeout=120_000)
+            page.evaluate("() => { window.__sameDocument = true; }")
+            first = page.evaluate(CHAIN_CHART_JS)
+            page.wait_for_function(f"() => ({CHAIN_CHART_JS})() >= {first + 3}", timeout=90_000)
+            grown = page.evaluate(CHAIN_CHART_JS)
+            assert grown > first
+            assert page.evaluate("() => window.__sameDocument === true"), "the page reloaded"
+            assert store.run(run_id)["status"] == "running"
+
+            legend = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
+                .map(g => g.querySelector('.legend') ? g.querySelector('.legend').textContent : '').join(' | ')""")
+            assert "val partial-chain" in legend and "val chain" in legend
+            body = page.inner_text("body")
+            assert run_id in body and "val partial-chain acc" in body
+            page.set_viewport_size({"width": 1440, "height": 2450})
+            page.get_by_text("Watch a run").scroll_into_view_if_needed()
+            page.wait_for_function(f"() => ({CHAIN_CHART_JS})() >= {max(grown + 1, 10)}", timeout=90_000)
+            page.screenshot(path=str(DOCS / "train_live.png"))
+
+            # stop from the page: the trainer stops after its current epoch
+            page.locator(".st-key-tr_stop").get_by_role("button", name="Stop").click()
+            wait_store(store, [run_id], ("stopped",), timeout=60)
+            page.get_by_text("stopped").first.wait_for()
+
+            # the Runs page: table, overlay and parallel coordinates of the five runs
+            page.set_viewport_size({"width": 1440, "height": 2150})
+            sidebar(page, "Runs")
+            page.wait_for_selector(".st-key-ru_overlay .js-plotly-plot svg.main-svg")
+            page.wait_for_selector(".st-key-ru_scatter .js-plotly-plot svg.main-svg")
+            page.locator(".st-key-ru_view").get_by_text("Parallel coordinates").click()
+            page.wait_for_selector(".st-key-ru_parcoords .js-plotly-plot svg.main-svg")
+            body = page.inner_text("body")
+            assert "4 of 4 runs shown" in body, body[:2000]
+            overlay = page.evaluate("""() => document.querySelector('.st-key-ru_overlay .js-plotly-plot')
+                ._fullData.map(t => t.name)""")
+            assert len(overlay) == 4 and "tiny-w0.2" in overlay
+            page.screenshot(path=str(DOCS / "runs.png"))
+        finally:
+            browser.close()
