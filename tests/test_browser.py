@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium: start a run from the Train page and watch its chart grow.
 
 Starts ``streamlit run app.py`` on a free port with a tmp run store, drives it with Playwright, and
-saves the screenshots ``docs/train_live.png`` and ``docs/runs.png``. Waits for chart SVGs and for
+saves the screenshots ``train_live.png`` and ``runs.png`` (to ``$WORKBENCH_SCREENSHOTS``, e.g. ``docs/``). Waits for chart SVGs and for
 plotly's data in the DOM, never for "page load".
 """
 
@@ -24,7 +24,9 @@ from workbench.store import RunStore
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
+# screenshots go to $WORKBENCH_SCREENSHOTS (e.g. docs/ when refreshing the README's images);
+# by default to the test's own folder, so a test run never rewrites tracked files
+SHOTS_ENV = "WORKBENCH_SCREENSHOTS"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -123,7 +125,8 @@ def test_live_chart_grows_without_reload(server, tmp_path):
     url, store_path = server
     store = RunStore(store_path)
     background = tiny_runs(store_path)  # they train while the browser starts
-    DOCS.mkdir(exist_ok=True)
+    shots_dir = Path(os.environ.get(SHOTS_ENV) or tmp_path)
+    shots_dir.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -169,7 +172,7 @@ def test_live_chart_grows_without_reload(server, tmp_path):
             page.set_viewport_size({"width": 1440, "height": 2450})
             page.get_by_text("Watch a run").scroll_into_view_if_needed()
             page.wait_for_function(f"() => ({CHAIN_CHART_JS})() >= {max(grown + 1, 10)}", timeout=90_000)
-            page.screenshot(path=str(DOCS / "train_live.png"))
+            page.screenshot(path=str(shots_dir / "train_live.png"))
 
             # stop from the page: the trainer stops after its current epoch
             page.locator(".st-key-tr_stop").get_by_role("button", name="Stop").click()
@@ -188,6 +191,6 @@ def test_live_chart_grows_without_reload(server, tmp_path):
             overlay = page.evaluate("""() => document.querySelector('.st-key-ru_overlay .js-plotly-plot')
                 ._fullData.map(t => t.name)""")
             assert len(overlay) == 4 and "tiny-w0.2" in overlay
-            page.screenshot(path=str(DOCS / "runs.png"))
+            page.screenshot(path=str(shots_dir / "runs.png"))
         finally:
             browser.close()
