@@ -97,7 +97,9 @@ for name, (ds, overrides) in DATASETS.items():
                     "LOSS": {"W": w},
                     "TRAIN": {**overrides["TRAIN"], "SEED": seed, "DEVICE": "cpu", "NUM_THREADS": 1},
                     "SCHEDULE": {"NULL_MASKING": {"ENABLED": False}},
-                    "TRACKING": {"STORE": str(store.path), "RUN_NAME": f"{name}-{head}-w{w}-s{seed}"},
+                    # curves are not read here: keep the final epoch's only (~220 MB -> a few MB of store)
+                    "TRACKING": {"STORE": str(store.path), "RUN_NAME": f"{name}-{head}-w{w}-s{seed}",
+                                 "CURVES": "last_epoch"},
                 })
                 Trainer(cfg, store=store, dataset=ds, progress=False, sweep_id=f"w-{name}").fit()
     print(f"{name}: done after {time.perf_counter() - t0:.0f} s")

@@ -88,10 +88,11 @@ plots.rank_accuracy(history, ranks).show()
 #
 # `metrics.threshold_curves` gives the single-label curves for ranks 0 and 1 and, for the multi-label
 # rank (given its multi-hot targets), element-wise accuracy, exact match and micro-F1 against `tau`.
-# `metrics.best_thresholds` picks the `tau` maximising a chosen curve per rank: null-aware accuracy
-# for the single-label ranks; for the multi-label rank we compare what each of its three curves would
-# pick. Samples null at the multi-label rank are all-negative rows; we score labelled rows only
-# (the trainer's logged curves include the null rows, see the last section).
+# At the multi-label rank it scores the rows *labelled* there only: a row null at that rank has no
+# label set to get right (see the section on logged curves below). These are the curves the trainer
+# logs. `metrics.best_thresholds` picks the `tau` maximising a chosen curve per rank: null-aware
+# accuracy for the single-label ranks; for the multi-label rank we compare what each of its three
+# curves would pick (the trainer logs the micro-F1 choice as `val/best_tau/<rank>`).
 
 # %%
 logits, _ = trainer.predict(trainer.val_ds)
@@ -100,14 +101,13 @@ y = trainer.val_ds.targets
 val_multi = trainer.val_ds.multilabel[ML]
 keep = y[:, ML] != 0  # labelled rows at the multi-label rank
 
-curves = M.threshold_curves(probs, y, multilabel_targets={ML: val_multi})  # every row, as logged
-curves_lab = M.threshold_curves([p[keep] for p in probs], y[keep], multilabel_targets={ML: val_multi[keep]})
+curves = M.threshold_curves(probs, y, multilabel_targets={ML: val_multi})  # as the trainer logs them
 rows = []
 for r, rank in enumerate(ranks):
     if r == ML:
         for by in M.MULTILABEL_CURVE_NAMES:
-            tau, value = M.best_thresholds({r: curves_lab[r]}, by=by)[r]
-            at = lambda name, t=tau: float(curves_lab[r][name][int(torch.argmin((curves_lab[r]["tau"] - t).abs()))])  # noqa: E731
+            tau, value = M.best_thresholds({r: curves[r]}, by=by)[r]
+            at = lambda name, t=tau: float(curves[r][name][int(torch.argmin((curves[r]["tau"] - t).abs()))])  # noqa: E731
             rows.append({"rank": rank, "chosen by": by, "tau": tau, "element_accuracy": at("element_accuracy"),
                          "exact_match": at("exact_match"), "micro_f1": at("micro_f1")})
     else:
@@ -125,7 +125,7 @@ choice.round(3)
 # the whole threshold range, including thresholds where exact match has collapsed.
 
 # %%
-c = {k: v.numpy() for k, v in curves_lab[ML].items()}
+c = {k: v.numpy() for k, v in curves[ML].items()}
 empty_acc = 1 - float(val_multi[keep, 1:].sum()) / (int(keep.sum()) * K)  # predict nothing
 fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.09,
                     subplot_titles=(f"rank {ranks[ML]} (multi-label): metrics vs τ, labelled rows",
@@ -166,42 +166,70 @@ flattery = pd.DataFrame([{"tau": t, **{labels[n]: curve_at(n, t) for n in M.MULT
 flattery.round(3)
 
 # %% [markdown]
-# ## All rows vs labelled rows
+# ## The logged curves score labelled rows only
 #
-# The trainer's logged curves (`RunStore.curves`) score every validation row at the multi-label
-# rank, including rows null there: their multi-hot vector is all-negative, so predicting nothing
-# makes them exact matches. With ~30 % null rows that inflates exact match (and element-wise
-# accuracy) at high `tau`; selecting `tau` by micro-F1 is unaffected (null rows add no positives,
-# and false positives on them count against it).
+# The curves the trainer stores (`RunStore.curves`) and the threshold it logs (`val/best_tau/<rank>`,
+# by micro-F1) are the labelled-rows ones above; the next cell checks that. Why leave the null rows
+# out: a row null at the multi-label rank has an all-negative multi-hot vector, so predicting nothing
+# would make it an exact match. The last two columns score every row (`metrics.multilabel_curves` on
+# all of them) to show what that would do: with ~30 % null rows, exact match (and element-wise
+# accuracy) would climb at high `tau`, where the labelled rows get nothing right. Micro-F1 is never
+# inflated that way (null rows add no positives), but the classes predicted on null rows would count
+# as false positives and shift its best `tau`.
 
 # %%
-stored = store.curves(trainer.run_id, epoch=int(history["epoch"].max()))
+final_epoch = int(history["epoch"].max())
+stored = store.curves(trainer.run_id, epoch=final_epoch)
 stored = stored[stored["rank"] == ranks[ML]].pivot(index="tau", columns="curve", values="value")
+for name in M.MULTILABEL_CURVE_NAMES:
+    np.testing.assert_allclose(stored[name].to_numpy(), c[name], rtol=0, atol=1e-9, equal_nan=True,
+                               err_msg=f"stored {name} curve != labelled-rows curve")
+assert abs(float(last[f"val/best_tau/{ranks[ML]}"]) - choice.loc[choice["chosen by"] == "micro_f1", "tau"].iloc[0]) < 1e-9
+all_rows_t = {"tau": curves[ML]["tau"], **M.multilabel_curves(probs[ML], val_multi, curves[ML]["tau"])}  # every row
+all_rows = {k: v.numpy() for k, v in all_rows_t.items()}
+print(f"stored curves of epoch {final_epoch} == labelled-rows curves; logged best tau (micro-F1) "
+      f"{float(last[f'val/best_tau/{ranks[ML]}']):.2f}; rows null at {ranks[ML]}: {1 - float(keep.float().mean()):.0%}")
 compare = pd.DataFrame({
-    "exact match, all rows (logged)": stored["exact_match"],
-    "exact match, labelled rows": pd.Series(c["exact_match"], index=stored.index),
-    "micro-F1, all rows (logged)": stored["micro_f1"],
-    "micro-F1, labelled rows": pd.Series(c["micro_f1"], index=stored.index),
+    "exact match (logged)": stored["exact_match"],
+    "micro-F1 (logged)": stored["micro_f1"],
+    "exact match if null rows counted": pd.Series(all_rows["exact_match"], index=stored.index),
+    "micro-F1 if null rows counted": pd.Series(all_rows["micro_f1"], index=stored.index),
 })
+best_all = M.best_thresholds({ML: all_rows_t}, by="micro_f1")[ML][0]
+print(f"best tau by micro-F1 if null rows were counted: {best_all:.2f}")
 compare.loc[[0.1, 0.3, 0.5, 0.7, 0.9, 1.0]].round(3)
 
 # %% [markdown]
 # ## Single-label metrics at a multi-label rank
 #
-# Rank and chain accuracy need one predicted class per rank. The trainer logs them from the argmax
-# over all `K + 1` outputs, the null column included; BCE trains only the `K` real columns, so at a
-# BCE rank that column is whatever initialisation left. Compare the logged `val/acc` with the argmax
-# over the real classes, and check how often that class is one of the sample's positives:
+# Rank and chain accuracy need one predicted class per rank. `Trainer.predict_classes` takes the
+# argmax over all `K + 1` outputs at a softmax rank (null is a class the model learns), but at a BCE
+# rank the argmax over the `K` *real* classes: BCE never trains the null column, so an argmax over it
+# would pick whatever the initialisation left. The cell checks that the logged `val/acc` and chain
+# accuracies are these predictions' scores, shows what the argmax over all outputs would have done,
+# and how often the predicted class is one of the sample's positives (a fairer score when a sample
+# has two classes).
 
 # %%
-lab_rows = y[:, ML] != 0
+preds = trainer.predict_classes(logits)
+assert torch.equal(preds[:, ML], logits[ML][:, 1:].argmax(dim=1) + 1)  # real classes at the BCE rank
+recomputed = {
+    f"val/acc/{ranks[ML]}": float(M.rank_accuracy(preds, y)[ML]),
+    "core/val_chain_acc": float(M.chain_accuracy(preds, y)),
+    "core/val_partial_chain_acc": float(M.partial_chain_accuracy(preds, y)),
+}
+for key, value in recomputed.items():
+    assert abs(float(last[key]) - value) < 1e-6, (key, float(last[key]), value)
 argmax_all = logits[ML].argmax(dim=1)
-argmax_real = logits[ML][:, 1:].argmax(dim=1) + 1
 pd.Series({
-    f"logged val/acc/{ranks[ML]}": float(last[f"val/acc/{ranks[ML]}"]),
-    "argmax over K + 1 outputs: predicts null (labelled rows)": float((argmax_all[lab_rows] == 0).float().mean()),
-    "argmax over the real classes: accuracy": float((argmax_real[lab_rows] == y[lab_rows, ML]).float().mean()),
-    "argmax over the real classes: is a positive": float(val_multi[lab_rows].gather(1, argmax_real[lab_rows, None]).mean()),
+    f"logged val/acc/{ranks[ML]} (= argmax over the real classes, labelled rows)": float(last[f"val/acc/{ranks[ML]}"]),
+    "argmax over the real classes: is one of the positives": float(val_multi[keep].gather(1, preds[keep, ML, None]).mean()),
+    "argmax over all K + 1 outputs would predict null (labelled rows)": float((argmax_all[keep] == 0).float().mean()),
+    "argmax over all K + 1 outputs: accuracy (labelled rows)": float((argmax_all[keep] == y[keep, ML]).float().mean()),
+    "logged core/val_chain_acc": float(last["core/val_chain_acc"]),
+    f"  rows labelled at {ranks[ML]} (the ceiling of chain accuracy: a BCE rank never predicts null)": float(keep.float().mean()),
+    f"  chain accuracy over the rows labelled at {ranks[ML]}": float(M.chain_accuracy(preds[keep], y[keep])),
+    "logged core/val_partial_chain_acc": float(last["core/val_partial_chain_acc"]),
 }).round(3)
 
 # %% [markdown]
@@ -209,26 +237,29 @@ pd.Series({
 #
 # Full run: 6,000 samples (a 75 / 25 train / validation split), 15 epochs. At the multi-label rank
 # (27 classes) a labelled sample carries 1.20 classes on average (20 % carry two), so 95.6 % of
-# the elements are negatives.
+# the elements are negatives; 30 % of the validation rows are null at that rank.
 #
 # - **Per-rank thresholds** (validation): `level0` τ = 0.00 (accuracy 1.000), `level1` τ = 0.33
-#   (null-aware accuracy 0.895); at the multi-label rank micro-F1 picks τ = 0.30 (micro-F1 0.761,
-#   exact match 0.548), exact match picks τ = 0.38 (exact match 0.574, micro-F1 0.745), and
-#   element-wise accuracy picks τ = 0.39 (0.980). Here the three optima are close; what differs is
-#   how much each metric tells you about the rest of the range.
+#   (null-aware accuracy 0.895); at the multi-label rank, on its labelled rows, micro-F1 picks
+#   τ = 0.30 (micro-F1 0.761, exact match 0.548), exact match picks τ = 0.38 (exact match 0.574,
+#   micro-F1 0.745), and element-wise accuracy picks τ = 0.39 (0.980). Here the three optima are
+#   close; what differs is how much each metric tells you about the rest of the range.
 # - **Element-wise accuracy flatters:** it is 0.938 at τ = 0.05, where rows predict 2.8 classes on
 #   average and exact match is 0.033; 0.958 at τ = 0.8 (exact match 0.029, micro-F1 0.049); and
 #   0.957 at τ ≥ 0.95, where nothing is predicted at all and exact match and micro-F1 are 0. Its
 #   whole range over useful and useless thresholds is 0.94-0.98, set by the 95.6 % negatives.
-# - **Null rows inflate the logged curves:** the trainer scores every validation row, and the 30 %
-#   of rows null at this rank are all-negative, so predicting nothing makes them exact matches:
-#   at τ = 0.9 the logged exact match is 0.299 against 0.000 on labelled rows, and the logged best
-#   τ by micro-F1 is 0.35 against 0.30 on labelled rows.
-# - **Single-label metrics at the BCE rank are off:** the logged `val/acc/level2` is 0.323 because
-#   the argmax over all 28 outputs picks the (untrained) null column for 66 % of labelled rows; the
-#   argmax over the 27 real classes is right 0.848 of the time (and is one of the sample's positives
-#   0.861 of the time). Chain and partial-chain accuracy of this run inherit the same problem
-#   (logged 0.366 / 0.524).
+# - **The logged curves are the labelled-rows curves** (checked above: the stored curves of the last
+#   epoch equal them, and the logged `val/best_tau/level2` is micro-F1's 0.30). Counting the null
+#   rows would have inflated exact match to 0.299 at τ ≥ 0.9 (against 0.000 on labelled rows),
+#   lowered micro-F1 at τ = 0.3 from 0.761 to 0.631, and moved micro-F1's best τ to 0.35.
+# - **Single-label metrics at the BCE rank** use the argmax over the 27 real classes: the logged
+#   `val/acc/level2` is 0.848 (the predicted class is one of the sample's positives 0.861 of the
+#   time). The argmax over all 28 outputs would pick the untrained null column for 66 % of labelled
+#   rows (accuracy 0.323). Because a BCE rank never predicts null, the 30 % of rows null there can
+#   never be a full-chain match: the logged chain accuracy 0.594 is the chain accuracy on the rows
+#   labelled at `level2` (0.848) times their share (0.701). Read partial-chain accuracy (0.893),
+#   which scores labelled ranks only, for such a run.
 #
 # Practical rule: choose a multi-label rank's threshold by micro-F1 (or exact match when whole sets
-# must be right) on labelled validation rows, and never report element-wise accuracy alone.
+# must be right) on labelled validation rows (what the trainer logs), and never report element-wise
+# accuracy alone.
