@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args):
     from workbench.config import Config
-    from workbench.sweep import SweepSpec, parse_grid_args, parse_values
+    from workbench.sweep import SweepSpec, parse_dist_arg, parse_grid_args, parse_values
 
     overrides = list(args.set)
     base = Config.load(args.config, overrides).to_dict()
@@ -71,11 +71,7 @@ def spec_from_args(args):
     for name in ("w", "end_epoch", "start_prob", "end_prob", "phase1"):
         if getattr(args, name) is not None:
             grid[name] = parse_values(getattr(args, name))
-    dists = {}
-    for item in args.dist:
-        key, _, text = item.partition("=")
-        kind, lo, hi = text.split(":")
-        dists[key] = (kind, float(lo), float(hi))
+    dists = dict(parse_dist_arg(item) for item in args.dist)
     return SweepSpec(base=base, grid=grid, distributions=dists, seeds=args.seeds, num_samples=args.num_samples)
 
 

@@ -30,10 +30,28 @@ def cmd_train(args) -> int:
     from workbench.trainer import Trainer
 
     cfg = Config.load(args.config, args.set)
+    if args.run_id:
+        _check_run_id_is_new_or_queued(cfg.TRACKING.STORE, args.run_id)
     trainer = Trainer(cfg, run_id=args.run_id, progress=not args.no_progress)
     status = trainer.fit()
     _print_result(trainer.store, trainer.run_id, trainer.taxonomy.ranks)
     return 0 if status in ("finished", "stopped") else 1
+
+
+def _check_run_id_is_new_or_queued(store_path: str, run_id: str) -> None:
+    """``train --run-id`` starts a run from epoch 0: only a new id or a launcher's queued row, never a
+    run that already trained (its stored epochs would be overwritten)."""
+    from workbench.store import RunStore, StoreError
+
+    store = RunStore(store_path)
+    if store.has_run(run_id):
+        run = store.run(run_id)
+        if run["status"] != "queued":
+            raise StoreError(
+                f"{store.path}: run {run_id!r} already exists (status {run['status']}, epochs done: {run['epochs_done']}); "
+                f"`train --run-id` takes a new id (or a queued run's); continue this one with "
+                f"`python -m workbench resume {run_id} --store {store.path}`"
+            )
 
 
 def cmd_resume(args) -> int:

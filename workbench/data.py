@@ -428,9 +428,9 @@ def _no_numeric_column_with_text(df: pd.DataFrame, cols: Sequence[str], source: 
     for c in cols:
         values = df[c]
         parsed = pd.to_numeric(values, errors="coerce")
-        filled = values.notna()
-        if filled.any() and parsed[filled].notna().mean() >= 0.5:
-            i = int(np.nonzero((filled & parsed.isna()).to_numpy())[0][0])
+        filled, bad = values.notna(), values.notna() & parsed.isna()
+        if bad.any() and parsed[filled].notna().mean() >= 0.5:
+            i = int(np.nonzero(bad.to_numpy())[0][0])
             raise DataError(
                 f"{source}: column {c!r}, row {i}: expected a finite number, got {_cell(values.iloc[i])} "
                 f"(the column is otherwise numeric; fix the cell, or list the feature columns in DATA.FEATURES)"

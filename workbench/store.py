@@ -68,9 +68,14 @@ class RunStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder; the run store is a file (e.g. runs/workbench.db)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        try:
+            with self._connect() as con:
+                con.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:  # not a SQLite file, unreadable, ...
+            raise StoreError(f"{self.path}: cannot open the run store: {e}") from None
 
     @contextmanager
     def _connect(self):

@@ -324,12 +324,29 @@ def parse_values(text: str) -> list:
 
     text = text.strip()
     if text.count(":") == 2 and "," not in text:
-        lo, hi, step = (float(x) for x in text.split(":"))
+        try:
+            lo, hi, step = (float(x) for x in text.split(":"))
+        except ValueError:
+            raise ConfigError(f"range {text!r} must be lo:hi:step with three numbers, e.g. 0:1:0.1") from None
         if step <= 0:
             raise ConfigError(f"range {text!r}: step must be > 0")
+        if hi < lo:
+            raise ConfigError(f"range {text!r} (lo:hi:step): hi must be >= lo")
         n = int(round((hi - lo) / step)) + 1
         return [round(lo + i * step, 10) for i in range(n)]
     return [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+
+
+def parse_dist_arg(item: str) -> tuple[str, tuple[str, float, float]]:
+    """``"LOSS.W=uniform:0.1:0.9"`` -> ``("LOSS.W", ("uniform", 0.1, 0.9))``."""
+    key, eq, text = item.partition("=")
+    parts = text.split(":")
+    if not eq or not key.strip() or len(parts) != 3:
+        raise ConfigError(f"--dist {item!r} must look like KEY=uniform:lo:hi (or loguniform)")
+    try:
+        return key.strip(), (parts[0], float(parts[1]), float(parts[2]))
+    except ValueError:
+        raise ConfigError(f"--dist {item!r}: lo and hi must be numbers, as in KEY=uniform:lo:hi") from None
 
 
 def parse_grid_args(items: Sequence[str]) -> dict[str, list]:

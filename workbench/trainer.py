@@ -267,13 +267,13 @@ class Trainer:
         if start == 0 and self.init_state is not None:
             self._load_init()
         self.store.update_run(self.run_id, status="running", pid=os.getpid(), error=None)
-        dispatch(self.sinks, "on_start", RunStarted(
-            self.run_id, self.cfg.to_dict(), self.taxonomy.ranks, start, self._parent_run_id()))
         epoch = start - 1
         status, error = "finished", None
         bar = tqdm(total=self.cfg.TRAIN.EPOCHS, initial=start, desc=f"run {self.run_id}", unit="epoch",
                    disable=not self.progress)
-        try:
+        try:  # from on_start on, any failure is recorded as the run's failure
+            dispatch(self.sinks, "on_start", RunStarted(
+                self.run_id, self.cfg.to_dict(), self.taxonomy.ranks, start, self._parent_run_id()))
             for epoch in range(start, self.cfg.TRAIN.EPOCHS):
                 result = self.run_epoch(epoch)
                 dispatch(self.sinks, "on_epoch", result)
