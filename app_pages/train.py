@@ -44,15 +44,21 @@ def form_config():
     )
 
 
-def start_run() -> None:
-    """``Start`` button: validate, launch, watch the new run."""
+def _launch_and_watch(launch, success) -> None:
+    """Run ``launch()`` (returns a run id), then watch that run; a library error becomes the flash message."""
     try:
-        run_id = launch_run(form_config(), sh.store_path())
+        run_id = launch()
     except (ConfigError, LaunchError, StoreError) as e:
         ss.tr_flash = ("error", str(e))
         return
     ss.tr_watch = run_id
-    ss.tr_flash = ("success", f"Started run `{run_id}`: training in its own process; the panel below follows it.")
+    ss.tr_flash = ("success", success(run_id))
+
+
+def start_run() -> None:
+    """``Start`` button: validate, launch, watch the new run."""
+    _launch_and_watch(lambda: launch_run(form_config(), sh.store_path()),
+                      lambda run_id: f"Started run `{run_id}`: training in its own process; the panel below follows it.")
 
 
 def start_phase2(parent_id: str) -> None:
@@ -62,13 +68,8 @@ def start_phase2(parent_id: str) -> None:
         "SCHEDULE.NULL_MASKING.END_PROB": float(ss.p2_p1), "SCHEDULE.NULL_MASKING.START_EPOCH": 0.0,
         "SCHEDULE.NULL_MASKING.END_EPOCH": float(ss.p2_e1),
     }
-    try:
-        run_id = launch_phase2(parent_id, sh.store_path(), overrides)
-    except (ConfigError, LaunchError, StoreError) as e:
-        ss.tr_flash = ("error", str(e))
-        return
-    ss.tr_watch = run_id
-    ss.tr_flash = ("success", f"Started phase 2 of `{parent_id}` as run `{run_id}`.")
+    _launch_and_watch(lambda: launch_phase2(parent_id, sh.store_path(), overrides),
+                      lambda run_id: f"Started phase 2 of `{parent_id}` as run `{run_id}`.")
 
 
 def request_stop(run_id: str) -> None:

@@ -36,40 +36,7 @@ NAN = float("nan")
 
 
 # ---------------------------------------------------------------------- random trees and data
-def class_name(rank: int, c: int) -> str:
-    return f"r{rank}c{c:03d}"  # zero-padded: sorted vocabulary order == id order
-
-
-@st.composite
-def trees(draw, max_ranks: int = 4, max_classes: int = 6):
-    """``(sizes, parents)``: K_r per rank, and per rank a list parent[c] (index 0 = null)."""
-    num_ranks = draw(st.integers(1, max_ranks))
-    sizes = [draw(st.integers(1, max_classes))]
-    parents = [[0] * (sizes[0] + 1)]
-    for _ in range(1, num_ranks):
-        k = draw(st.integers(1, max_classes))
-        parents.append([0] + [draw(st.integers(1, sizes[-1])) for _ in range(k)])
-        sizes.append(k)
-    return sizes, parents
-
-
-def tree_taxonomy(sizes, parents) -> Taxonomy:
-    rows = []
-    for r in range(len(sizes)):
-        for c in range(1, sizes[r] + 1):
-            path: list[object] = [None] * len(sizes)
-            for u in range(r, -1, -1):
-                path[u] = class_name(u, c)
-                c = parents[u][c]
-            rows.append(path)
-    ranks = [f"rank{r}" for r in range(len(sizes))]
-    return Taxonomy.from_frame(pd.DataFrame(rows, columns=ranks, dtype=object), ranks)
-
-
-def ref_ancestor(parents, rank: int, c: int, to_rank: int) -> int:
-    for r in range(rank, to_rank, -1):
-        c = parents[r][c]
-    return c
+from strategies import class_name, ref_ancestor, tree_taxonomy, trees  # noqa: E402
 
 
 def random_path(rng: random.Random, sizes, parents, depth: int) -> list[int]:
