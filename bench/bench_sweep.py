@@ -57,8 +57,8 @@ def through_tune(base: dict, ws: list[float], tmp: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--n", type=int, default=50000)
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
     if a.smoke:

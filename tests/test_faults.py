@@ -70,3 +70,50 @@ def test_full_disk_fails_the_run_cleanly_and_resume_finishes_it(small_disk):
     assert Trainer(cfg, store=RunStore(store_path), run_id=trainer.run_id, progress=False).fit(resume=True) == "finished"
     metrics = RunStore(store_path).metrics(trainer.run_id, keys=["core/val_loss"])
     assert metrics["epoch"].tolist() == list(range(40))
+
+
+KILL_DURING_CHECKPOINT = r"""
+import os, signal, sys
+from pathlib import Path
+import workbench.trainer as T
+from workbench.config import Config
+from workbench.store import RunStore
+
+real_save = T.torch.save
+def torn_save(state, f, *a, **k):
+    # the checkpoint after epoch 2: write half of it to the temp file, then die without cleanup
+    if isinstance(state, dict) and state.get("epoch") == 2:
+        import io
+        buf = io.BytesIO(); real_save(state, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2]); f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(state, f, *a, **k)
+T.torch.save = torn_save
+cfg = Config.load(sys.argv[1])
+T.Trainer(cfg, run_id=sys.argv[2], progress=False).fit()
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_last_checkpoint_whole(tmp_path):
+    import sys
+
+    from workbench.config import Config
+
+    store_path = tmp_path / "runs" / "w.db"
+    cfg = Config.from_dict({
+        "DATA": {"NAME": "synthetic", "SYNTHETIC": {"N": 300, "NUM_FEATURES": 4, "BRANCHING": [2, 3], "NULL_RATES": [0, 0.2]}},
+        "MODEL": {"HIDDEN": [8]}, "TRAIN": {"EPOCHS": 5, "NUM_THREADS": 1}, "TRACKING": {"STORE": str(store_path)},
+    })
+    cfg.save(tmp_path / "cfg.yaml")
+    script = tmp_path / "torn.py"
+    script.write_text(KILL_DURING_CHECKPOINT)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"), "torn-run"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed in the middle of writing
+    store = RunStore(store_path)
+    ckpt = checkpoint_dir(store, "torn-run") / CHECKPOINT_NAME
+    assert list(ckpt.parent.glob("*.tmp*")), "the torn temp file should be there"
+    assert load_checkpoint(ckpt)["epoch"] == 1  # the previous checkpoint, whole
+    assert store.last_epoch("torn-run") == 2  # epoch 2 reached the store before its checkpoint
+    assert Trainer(cfg, store=store, run_id="torn-run", progress=False).fit(resume=True) == "finished"
+    assert store.metrics("torn-run", keys=["core/val_loss"])["epoch"].tolist() == [0, 1, 2, 3, 4]

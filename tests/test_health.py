@@ -115,11 +115,10 @@ def test_nonfinite_loss_is_per_epoch():
     val_out = {"preds": torch.tensor([[1], [2]]), "targets": torch.tensor([[1], [2]]),
                "embeddings": torch.tensor([[0.0, 1.0], [1.0, 0.0]]), "valid": None}
     model = torch.nn.Linear(2, 2)
-    monitor.after_backward(torch.tensor(float("nan")))
-    monitor.after_backward(torch.tensor(0.5))
+    monitor.record_losses(torch.tensor([float("nan"), 0.5]))
     assert "nonfinite_loss" in monitor.check_epoch({"train/kept/a": 2}, val_out, model)
     assert monitor.flags()["nonfinite_loss"] is True
-    monitor.after_backward(torch.tensor(0.5))
+    monitor.record_losses(torch.tensor([0.5, 0.25]))
     assert monitor.check_epoch({"train/kept/a": 2}, val_out, model) == {}
     assert not any(monitor.flags().values())
 

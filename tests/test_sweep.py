@@ -142,3 +142,48 @@ def test_failing_trial_is_reported_and_others_finish(ray_local, tmp_path):
     assert "missing.csv" in failed["error"] and "file not found" in failed["error"]
     ok_id = runs.index[runs["status"] == "finished"][0]
     assert store.last_epoch(ok_id) == 1
+
+
+@pytest.mark.ray
+def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
+    """SIGKILL a trial's worker process mid-run: with --max-failures 1 Tune restarts it from its last
+    checkpoint, and the store ends with every epoch exactly once."""
+    import os
+    import signal
+    import sqlite3
+    import threading
+    import time
+
+    base = Config.from_dict(tiny_base(tmp_path)).with_overrides(
+        {"TRAIN.EPOCHS": 6, "DATA.SYNTHETIC.N": 3000}).to_dict()
+    spec = SweepSpec(base=base, grid={"w": [0.5]})
+    results = tmp_path / "rr"
+    settings = SweepSettings(store_path=base["TRACKING"]["STORE"], results_dir=str(results), max_failures=1, verbose=0)
+    killed: list[int] = []
+
+    def kill_after_two_epochs():
+        deadline = time.time() + 180
+        while time.time() < deadline and not killed:
+            for db in results.rglob("trial.db"):
+                try:
+                    con = sqlite3.connect(db, timeout=1)
+                    row = con.execute("SELECT pid, epochs_done FROM runs").fetchone()
+                    con.close()
+                except sqlite3.Error:
+                    continue
+                if row and row[0] and row[1] >= 2:
+                    os.kill(int(row[0]), signal.SIGKILL)
+                    killed.append(int(row[0]))
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_two_epochs, daemon=True)
+    killer.start()
+    sweep_id, grid = run_sweep(spec, settings)
+    killer.join(timeout=5)
+    assert killed, "the trial was never killed"
+    assert len(grid) == 1 and grid[0].error is None
+    store = RunStore(settings.store_path)
+    run_id = store.runs(sweep_id=sweep_id)["id"].iloc[0]
+    assert store.run(run_id)["status"] == "finished"
+    assert store.metrics(run_id, keys=["core/val_chain_acc"])["epoch"].tolist() == list(range(6))

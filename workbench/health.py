@@ -14,7 +14,6 @@ Checks (each a flag per epoch, with a message when it fires):
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -39,10 +38,9 @@ class HealthMonitor:
         self._flags = dict.fromkeys(CHECKS, False)
         self._bad_loss = False
 
-    def after_backward(self, loss: torch.Tensor) -> None:
-        """Per batch: only the loss (already synced for the epoch sums); gradients at epoch end."""
-        if not math.isfinite(float(loss.detach())):
-            self._bad_loss = True
+    def record_losses(self, batch_losses: torch.Tensor) -> None:
+        """The epoch's training batch losses ``(batches,)``, handed over once (no per-batch sync)."""
+        self._bad_loss = self._bad_loss or not bool(torch.isfinite(batch_losses).all())
 
     def _grads_finite(self, model: torch.nn.Module) -> bool:
         grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -120,21 +120,21 @@ def hierarchical_loss(
             f"LOSS.RANK_WEIGHTS must have {num_ranks} entries, got {rank_weights.tolist()}"
         )
     multilabel_targets = multilabel_targets or {}
-    per_rank = []
-    for r in range(num_ranks):
-        y = targets[:, r]  # (N,)
-        cw = class_weights[r] if class_weights is not None else None
-        multi_hot = multilabel_targets.get(r)
-        a = keep[:, r].float()  # (N,)
-        if sample_weight is not None:
-            a = a * sample_weight.float()
-        if cw is not None and multi_hot is None:
-            a = a * cw.to(a)[y]
-        # masked elements may carry inf/NaN (e.g. -inf marginal log-probs): select, don't multiply
-        l = _per_element_loss(logits[r], y, multi_hot, cw)  # (N,)
-        weighted = torch.where(a > 0, a * l, torch.zeros_like(l))
-        denom = a.sum()
-        safe_denom = torch.where(denom > 0, denom, torch.ones_like(denom))
-        per_rank.append(torch.where(denom > 0, weighted.sum() / safe_denom, weighted.sum() * 0.0))
-    per_rank_t = torch.stack(per_rank)  # (R,)
+    l = torch.stack([  # (N, R): per-element loss at each rank
+        _per_element_loss(logits[r], targets[:, r], multilabel_targets.get(r),
+                          class_weights[r] if class_weights is not None else None)
+        for r in range(num_ranks)
+    ], dim=1)
+    a = keep.float()  # (N, R): a[i, r] = keep * sample_weight * class_weight, the one place weights apply
+    if sample_weight is not None:
+        a = a * sample_weight.float()[:, None]
+    if class_weights is not None:
+        cw = [class_weights[r].to(a)[targets[:, r]] if class_weights[r] is not None and r not in multilabel_targets
+              else torch.ones_like(a[:, r]) for r in range(num_ranks)]
+        a = a * torch.stack(cw, dim=1)
+    # masked elements may carry inf/NaN (e.g. -inf marginal log-probs): select, don't multiply
+    weighted = torch.where(a > 0, a * l, torch.zeros_like(l))  # (N, R)
+    num, denom = weighted.sum(dim=0), a.sum(dim=0)  # (R,), (R,)
+    safe_denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+    per_rank_t = torch.where(denom > 0, num / safe_denom, num * 0.0)  # 0 with zero gradient when nothing counts
     return (rank_weights * per_rank_t).sum(), per_rank_t

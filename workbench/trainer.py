@@ -14,7 +14,6 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -100,17 +99,6 @@ def taxonomy_difference(theirs: Taxonomy, ours: Taxonomy) -> str:
         if not torch.equal(theirs.parents[r], ours.parents[r]):
             return f"rank {rank!r}: the same classes with different parents"
     return "the null values differ"
-
-
-@dataclass
-class EpochStats:
-    """Sums over one pass; means are taken once at the end (never a mean of batch means)."""
-
-    loss_sum: float = 0.0
-    per_rank_sum: torch.Tensor | None = None
-    n: int = 0
-    prob_sum: float = 0.0
-    batches: int = 0
 
 
 class Trainer:
@@ -317,7 +305,9 @@ class Trainer:
         return EpochResult(self.run_id, epoch, metrics, curves, health, str(self.ckpt_path))
 
     def _forward(self, batch):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+        if not self.use_amp:  # CPU: skip entering a disabled autocast context on every batch
+            return self.model.forward_with_embedding(batch.features, batch.valid)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
             logits, z = self.model.forward_with_embedding(batch.features, batch.valid)
         return [lg.float() for lg in logits], z
 
@@ -327,14 +317,16 @@ class Trainer:
                                  batch.sample_weight, multilabel)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training set; metrics from the training batches themselves."""
+        """One pass over the training set; metrics from the training batches themselves.
+
+        Per batch only device tensors are appended (no host syncs, no per-batch metric ops); the
+        sums and the accuracy counts are taken once at the end of the epoch.
+        """
         self.model.train()
         ranks = self.taxonomy.ranks
-        acc = M.HierarchicalAccuracy(len(ranks))
-        stats = EpochStats(per_rank_sum=torch.zeros(len(ranks)))
         n_batches = self.train_ds.num_batches(self.cfg.TRAIN.BATCH_SIZE)
         phase1 = self.cfg.TRAIN.PHASE1_MASK_NULL_LOSS
-        kept = torch.zeros(len(ranks))
+        losses, kept, preds, targets, probs = [], [], [], [], []
         for b, batch in enumerate(self.train_ds.batches(self.cfg.TRAIN.BATCH_SIZE, shuffle=True, generator=self.shuffle_gen)):
             batch = batch.to(self.device, non_blocking=True)
             p = 0.0 if phase1 else self.schedule.prob(epoch + b / n_batches)  # fractional epoch
@@ -343,27 +335,30 @@ class Trainer:
             total, per_rank = self._loss(logits, batch, keep)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            self.health.after_backward(total)
             self.optimizer.step()
             bsz = batch.targets.shape[0]
-            stats.loss_sum += float(total.detach()) * bsz
-            stats.per_rank_sum += per_rank.detach().cpu() * bsz
-            stats.n += bsz
-            stats.prob_sum += p
-            stats.batches += 1
-            kept += keep.sum(dim=0).cpu()
-            acc.update(self.predict_classes(logits), batch.targets)
+            losses.append(torch.cat([total.detach()[None], per_rank.detach()]) * bsz)  # (R + 1,)
+            kept.append(keep.sum(dim=0))  # (R,)
+            preds.append(self.predict_classes(logits))  # (B, R); argmax carries no gradient
+            targets.append(batch.targets)
+            probs.append(p)
+        loss_sums = torch.stack(losses).cpu()  # (batches, R + 1)
+        self.health.record_losses(loss_sums[:, 0])
+        acc = M.HierarchicalAccuracy(len(ranks))
+        acc.update(torch.cat(preds), torch.cat(targets))  # counts over the epoch, not a mean of batch means
         out = acc.compute()
+        n = len(self.train_ds)
+        totals, kept_total = loss_sums.sum(dim=0), torch.stack(kept).sum(dim=0).cpu()
         metrics = {
-            "core/train_loss": stats.loss_sum / stats.n,
+            "core/train_loss": float(totals[0]) / n,
             "core/train_chain_acc": float(out["chain_acc"]),
             "core/train_partial_chain_acc": float(out["partial_chain_acc"]),
-            "schedule/null_inclusion_prob": stats.prob_sum / stats.batches,
+            "schedule/null_inclusion_prob": sum(probs) / len(probs),
         }
         for r, rank in enumerate(ranks):
             metrics[f"train/acc/{rank}"] = float(out["rank_acc"][r])
-            metrics[f"train/loss/{rank}"] = float(stats.per_rank_sum[r] / stats.n)
-            metrics[f"train/kept/{rank}"] = float(kept[r])
+            metrics[f"train/loss/{rank}"] = float(totals[r + 1]) / n
+            metrics[f"train/kept/{rank}"] = float(kept_total[r])
         return metrics
 
     @torch.no_grad()
