@@ -60,18 +60,21 @@ def test_smoke_sweep_on_loopback_cluster_reaches_local_store(ray_cluster, tmp_pa
 
 
 def test_interrupted_sweep_resumes_without_missing_or_duplicate_epochs(ray_cluster, tmp_path):
-    epochs = 4
-    args = ["--w", "0.2,0.8", "--seeds", "1", "--set", f"TRAIN.EPOCHS={epochs}", "--max-concurrent", "1"]
+    epochs = 6
+    # trials long enough (N=3000) that the driver can be killed while the first one is still running
+    args = ["--w", "0.2,0.8", "--seeds", "1", "--set", f"TRAIN.EPOCHS={epochs}", "--set", "DATA.SYNTHETIC.N=3000",
+            "--max-concurrent", "1"]
     store_path = tmp_path / "runs" / "w.db"
     driver = subprocess.Popen(sweep_cmd(tmp_path, ray_cluster, *args), env=driver_env(), cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
-    while time.time() < deadline:  # interrupt once the first trial has finished and the second has begun
+    while time.time() < deadline:  # interrupt mid-trial, once Tune has saved its experiment state
         done = epochs_per_run(store_path) if store_path.exists() else {}
-        if sum(len(v) for v in done.values()) >= epochs + 1:
+        saved = list((tmp_path / "ray_results").glob("*/experiment_state*.json"))
+        if saved and sum(len(v) for v in done.values()) >= 2:
             break
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        time.sleep(0.5)
+        time.sleep(0.05)
     else:
         pytest.fail("no trial finished in time")
     os.killpg(driver.pid, signal.SIGKILL)
