@@ -66,3 +66,15 @@ def test_makefile_pins_cpu_torch_and_ci_runs_make_test():
     assert "make test" in (REPO / ".ci" / "run").read_text()
     extras = re.search(r"-e '\.\[(.+)\]'", makefile).group(1).split(",")
     assert set(extras) == set(_pyproject()["project"]["optional-dependencies"])
+
+
+def test_readme_config_block_and_files_match_the_code():
+    """Docs that drift from code: the README's YAML block must validate, and the files it names exist."""
+    from workbench.config import Config
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```yaml")[1].split("```")[0]
+    cfg = Config.from_dict(yaml.safe_load(re.sub(r"#.*", "", block)))
+    assert set(cfg.to_dict()) == {"DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE", "TRACKING"}
+    for name in set(re.findall(r"(?:configs|lab|docs|bench|sweeps)/[\w./-]+\.(?:yaml|ipynb|png|py)", readme)):
+        assert (REPO / name).exists(), f"README names {name}, which does not exist"
