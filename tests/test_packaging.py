@@ -76,5 +76,5 @@ def test_readme_config_block_and_files_match_the_code():
     block = readme.split("```yaml")[1].split("```")[0]
     cfg = Config.from_dict(yaml.safe_load(re.sub(r"#.*", "", block)))
     assert set(cfg.to_dict()) == {"DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE", "TRACKING"}
-    for name in set(re.findall(r"(?:configs|lab|docs|bench|sweeps)/[\w./-]+\.(?:yaml|ipynb|png|py)", readme)):
+    for name in set(re.findall(r"(?<![\w/])(?:configs|lab|docs|bench|sweeps)/[\w./-]+\.(?:yaml|ipynb|png|py)", readme)):
         assert (REPO / name).exists(), f"README names {name}, which does not exist"
