@@ -49,3 +49,14 @@ def ref_ancestor(parents, rank: int, c: int, to_rank: int) -> int:
     for r in range(rank, to_rank, -1):
         c = parents[r][c]
     return c
+
+
+def ref_lca_height(parents, k: int, a: int, b: int) -> int:
+    """Slow reference: walk up the parent lists; first agreeing non-null ancestor sets the height."""
+    if a == b:
+        return 0
+    for up in range(k, -1, -1):
+        x, y = ref_ancestor(parents, k, a, up), ref_ancestor(parents, k, b, up)
+        if x == y and x != 0:
+            return k - up
+    return k + 1

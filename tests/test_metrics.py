@@ -36,7 +36,7 @@ NAN = float("nan")
 
 
 # ---------------------------------------------------------------------- random trees and data
-from strategies import class_name, ref_ancestor, tree_taxonomy, trees  # noqa: E402
+from strategies import class_name, ref_ancestor, ref_lca_height, tree_taxonomy, trees  # noqa: E402
 
 
 def random_path(rng: random.Random, sizes, parents, depth: int) -> list[int]:
@@ -123,16 +123,6 @@ def ref_consistency(preds, parents):
     for pi in preds.tolist():
         ok += all(pi[r] == 0 or parents[r][pi[r]] == pi[r - 1] for r in range(1, len(pi)))
     return ratio(ok, preds.shape[0])
-
-
-def ref_lca_height(parents, k, a, b):
-    if a == b:
-        return 0
-    for up in range(k, -1, -1):
-        x, y = ref_ancestor(parents, k, a, up), ref_ancestor(parents, k, b, up)
-        if x == y and x != 0:
-            return k - up
-    return k + 1
 
 
 def ref_severity(preds, targets, parents):

@@ -53,18 +53,7 @@ def order_taxonomy() -> Taxonomy:
 
 
 # ---------------------------------------------------------------------- random trees
-from strategies import class_name, ref_ancestor, tree_frame, tree_taxonomy, trees  # noqa: E402
-
-
-def ref_lca_height(parents, k: int, a: int, b: int) -> int:
-    """Slow reference: walk up the parent lists; first agreeing non-null ancestor sets the height."""
-    if a == b:
-        return 0
-    for up in range(k, -1, -1):
-        x, y = ref_ancestor(parents, k, a, up), ref_ancestor(parents, k, b, up)
-        if x == y and x != 0:
-            return k - up
-    return k + 1
+from strategies import class_name, ref_ancestor, ref_lca_height, tree_frame, tree_taxonomy, trees  # noqa: E402
 
 
 # ---------------------------------------------------------------------- construction
