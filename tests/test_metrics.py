@@ -36,7 +36,7 @@ NAN = float("nan")
 
 
 # ---------------------------------------------------------------------- random trees and data
-from strategies import class_name, ref_ancestor, ref_lca_height, tree_taxonomy, trees  # noqa: E402
+from strategies import ref_lca_height, tree_taxonomy, trees  # noqa: E402
 
 
 def random_path(rng: random.Random, sizes, parents, depth: int) -> list[int]:

@@ -53,7 +53,7 @@ def order_taxonomy() -> Taxonomy:
 
 
 # ---------------------------------------------------------------------- random trees
-from strategies import class_name, ref_ancestor, ref_lca_height, tree_frame, tree_taxonomy, trees  # noqa: E402
+from strategies import ref_ancestor, ref_lca_height, tree_taxonomy, trees  # noqa: E402
 
 
 # ---------------------------------------------------------------------- construction
