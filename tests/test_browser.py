@@ -194,3 +194,43 @@ def test_live_chart_grows_without_reload(server, tmp_path):
             page.screenshot(path=str(shots_dir / "runs.png"))
         finally:
             browser.close()
+
+
+def test_server_restart_while_a_run_trains_picks_the_run_up_again(tmp_path):
+    """Kill the streamlit server mid-run: training goes on (its own process), and a new server's
+    Train page shows the same run, with the epochs trained meanwhile, still growing live."""
+    from playwright.sync_api import sync_playwright
+
+    store_path = tmp_path / "runs" / "workbench.db"
+    cfg = Config().with_overrides({
+        "DATA.SYNTHETIC.N": 1500, "MODEL.HIDDEN": [32], "TRAIN.EPOCHS": 400, "TRAIN.NUM_THREADS": 1,
+        "TRACKING.STORE": str(store_path)})
+    run_id = launch_run(cfg, store_path, name="survives-restart")
+    store = RunStore(store_path)
+    port = free_port()
+    server = start_server(store_path, port, tmp_path / "first.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 2000})
+                page.set_default_timeout(90_000)
+                page.goto(f"http://127.0.0.1:{port}/train")
+                page.wait_for_function(f"() => ({CHAIN_CHART_JS})() >= 2", timeout=120_000)
+                before = page.evaluate(CHAIN_CHART_JS)
+
+                stop_server(server)  # the dashboard goes away ...
+                time.sleep(2)
+                assert store.run(run_id)["status"] == "running"  # ... the run does not
+                server = start_server(store_path, port, tmp_path / "second.log")
+
+                page.goto(f"http://127.0.0.1:{port}/train")  # a fresh session on the new server
+                page.wait_for_function(f"() => ({CHAIN_CHART_JS})() > {before}", timeout=120_000)
+                after = page.evaluate(CHAIN_CHART_JS)
+                assert run_id in page.inner_text("body")
+                page.wait_for_function(f"() => ({CHAIN_CHART_JS})() >= {after + 2}", timeout=90_000)
+            finally:
+                browser.close()
+    finally:
+        stop_server(server)
+        stop_run(run_id, store_path, force=True)
