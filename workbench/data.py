@@ -83,6 +83,10 @@ class HierarchicalDataset:
             multilabel={r: t[index] for r, t in self.multilabel.items()}, raw=raw,
         )
 
+    def as_batch(self) -> Batch:
+        """The whole dataset as one :class:`Batch`, without copying its tensors."""
+        return Batch(self.features, self.targets, self.sample_weight, self.valid, dict(self.multilabel))
+
     def batch(self, index: torch.Tensor) -> Batch:
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return Batch(

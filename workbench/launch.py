@@ -52,8 +52,8 @@ def log_path(store: RunStore, run_id: str) -> Path:
 
 
 def checkpoint_path(store: RunStore, run_id: str) -> Path:
-    """Where the trainer keeps a run's checkpoint (``trainer.checkpoint_dir``; no torch import here)."""
-    return store.path.parent / "checkpoints" / run_id / "checkpoint.pt"
+    """Where the trainer keeps a run's checkpoint (the store owns the layout; no torch import here)."""
+    return store.checkpoint_path(run_id)
 
 
 def launch_run(

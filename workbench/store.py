@@ -52,6 +52,7 @@ CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep_id);
 """
 
 STATUSES = ("queued", "running", "finished", "failed", "stopped")
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class StoreError(RuntimeError):
@@ -88,6 +89,13 @@ class RunStore:
                 yield con
         finally:
             con.close()
+
+    def checkpoint_path(self, run_id: str) -> Path:
+        """Where a run's checkpoint lives: ``<store dir>/checkpoints/<run id>/checkpoint.pt``.
+
+        The one definition of the layout, for the trainer and for launchers that must not import torch.
+        """
+        return self.path.parent / "checkpoints" / run_id / CHECKPOINT_NAME
 
     # ------------------------------------------------------------------ runs
     def create_run(

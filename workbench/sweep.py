@@ -140,7 +140,8 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
     """The Tune function trainable: one Trainer run, resumed from Tune's checkpoint after a restart."""
     from ray import tune
 
-    from workbench.trainer import CHECKPOINT_NAME, Trainer, checkpoint_dir
+    from workbench.store import CHECKPOINT_NAME
+    from workbench.trainer import Trainer
 
     ctx = tune.get_context()
     run_id = trial_run_id(sweep_id, ctx.get_trial_id())
@@ -150,7 +151,7 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            target = checkpoint_dir(store, run_id) / CHECKPOINT_NAME
+            target = store.checkpoint_path(run_id)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(d) / CHECKPOINT_NAME, target)
     trainer = Trainer(cfg, store=store, run_id=run_id, progress=False, sweep_id=sweep_id)

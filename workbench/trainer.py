@@ -27,10 +27,9 @@ from workbench.health import HealthMonitor
 from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
 from workbench.masking import NullMaskSchedule, null_keep_mask
 from workbench.models import HierarchicalModel, build_model
-from workbench.store import RunStore
+from workbench.store import CHECKPOINT_NAME, RunStore
 from workbench.taxonomy import Taxonomy
 
-CHECKPOINT_NAME = "checkpoint.pt"
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +46,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def checkpoint_dir(store: RunStore, run_id: str) -> Path:
-    return store.path.parent / "checkpoints" / run_id
+    return store.checkpoint_path(run_id).parent
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -77,7 +76,7 @@ def resolve_init_from(ref: str, store: RunStore) -> Path:
     if p.is_dir() and (p / CHECKPOINT_NAME).is_file():
         return p / CHECKPOINT_NAME
     if store.has_run(ref):
-        ckpt = checkpoint_dir(store, ref) / CHECKPOINT_NAME
+        ckpt = store.checkpoint_path(ref)
         if ckpt.is_file():
             return ckpt
         raise ConfigError(f"`TRAIN.INIT_FROM` run {ref!r} has no checkpoint at {ckpt}")
@@ -136,7 +135,7 @@ class Trainer:
         if self.init_state is not None:
             self._load_init()  # an architecture mismatch is an error here, before the run row exists
         self.run_id = self._ensure_run(run_id, sweep_id)
-        self.ckpt_path = checkpoint_dir(self.store, self.run_id) / CHECKPOINT_NAME
+        self.ckpt_path = self.store.checkpoint_path(self.run_id)
         self.sinks: list[Sink] = [StoreSink(self.store), *default_sinks(config, self.store), *sinks]
 
     # ------------------------------------------------------------------ set-up
@@ -389,7 +388,7 @@ class Trainer:
     def evaluate(self, ds: HierarchicalDataset, split: str = "val"):
         """Metrics, threshold curves and raw outputs on ``ds`` (nulls always count here)."""
         logits, z = self.predict(ds)
-        full = ds.batch(torch.arange(len(ds)))
+        full = ds.as_batch()  # targets, weights and multi-hots of every row (no copy)
         keep = null_keep_mask(full.targets, 1.0, phase1=False, training=False)
         total, per_rank = self._loss(logits, full, keep)
         preds = self.predict_classes(logits)  # (N, R)
