@@ -8,6 +8,10 @@
    navigation to both chart SVGs (the curves overlay and the config-vs-final-metric scatter) being
    present, in-app (sidebar link) and cold (a new document); then the switch to the WebGL parallel
    coordinates view.
+3. Idle server CPU: the share of one core the Streamlit server uses while one tab sits idle on each
+   page, with the shipped ``.streamlit/config.toml`` (no file watcher) against Streamlit's own default
+   (``--server.fileWatcherType auto``: without watchdog it polls every file under the project folder,
+   ``.venv`` included). Read from the server process's CPU time in ``/proc`` (aim: < 5% of a core).
 
     python bench/bench_app.py            # 10 live epochs; 200 runs x 50 epochs
     python bench/bench_app.py --smoke    # 3 live epochs; 20 runs x 10 epochs (CI)
@@ -142,6 +146,35 @@ def bench_runs_page(page, url: str, repeats: int) -> dict[str, list[float]]:
     return out
 
 
+IDLE_PAGES = ["data", "train", "runs", "sweeps"]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_idle_cpu(browser, store_path: Path, tmp: Path, flags: list[str], seconds: float) -> dict[str, float]:
+    """Per page: % of one core the server uses over ``seconds`` while one tab sits idle on that page."""
+    port = free_port()
+    server = start_server(store_path, port, tmp / f"idle{len(flags)}.log", flags)
+    out = {}
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        for name in IDLE_PAGES:
+            page.goto(f"http://127.0.0.1:{port}/{name}")
+            page.wait_for_selector("h1", timeout=120_000)
+            time.sleep(2.0)  # let the first render and its charts settle
+            c0, t0 = process_cpu_seconds(server.pid), time.monotonic()
+            time.sleep(seconds)
+            out[name] = 100 * (process_cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+        page.close()
+    finally:
+        stop_server(server)
+    return out
+
+
 def summary(name: str, values: list[float], target: float) -> str:
     med, worst = statistics.median(values), max(values)
     verdict = "ok" if worst < target else f"over the {target:g} s target"
@@ -178,6 +211,9 @@ def main(argv=None) -> int:
                 live = bench_live(page, url, store, live_epochs)
                 fill_s = fill_store(store, n_runs, n_epochs)
                 runs = bench_runs_page(page, url, repeats)
+                idle_s = 3.0 if args.smoke else 10.0
+                idle_before = bench_idle_cpu(browser, store_path, tmp, ["--server.fileWatcherType", "auto"], idle_s)
+                idle_after = bench_idle_cpu(browser, store_path, tmp, [], idle_s)
                 browser.close()
         finally:
             stop_server(server)
@@ -190,6 +226,12 @@ def main(argv=None) -> int:
     print(summary("    cold load (new document) -> page title", runs["cold title"], 2.0))
     print(summary("    switch to parallel coordinates (WebGL)", runs["parcoords"], 2.0))
     print(f"    (store filled with the store API in {fill_s:.1f} s; the live page polls every 1 s)")
+    print(f"(3) server CPU, one idle tab per page ({idle_s:g} s each; % of one core; aim < 5%)")
+    print(f"    {'page':<10} {'watcher auto (before)':>22} {'shipped config (after)':>23}  ratio")
+    for name in IDLE_PAGES:
+        b, a = idle_before[name], idle_after[name]
+        print(f"    {name:<10} {b:>21.1f}% {a:>22.1f}%  {b / max(a, 0.1):5.0f}x"
+              f"  ({'ok' if a < 5 else 'over the 5% aim'})")
     print("    live latencies: " + " ".join(f"{v:.2f}" for v in live))
     for k, v in runs.items():
         print(f"    runs page {k}: " + " ".join(f"{x:.2f}" for x in v))

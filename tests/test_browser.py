@@ -51,11 +51,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(store: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(store: Path, port: int, log: Path, flags: list[str] | None = None) -> subprocess.Popen:
+    """``streamlit run app.py`` on 127.0.0.1:``port``; ``flags`` are extra ``--server.*`` options (default:
+    none, so the shipped ``.streamlit/config.toml`` applies, as for ``make run``)."""
     env = dict(os.environ, WORKBENCH_STORE=str(store), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port), *(flags or [])]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + 60

@@ -78,3 +78,12 @@ def test_readme_config_block_and_files_match_the_code():
     assert set(cfg.to_dict()) == {"DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE", "TRACKING"}
     for name in set(re.findall(r"(?<![\w/])(?:configs|lab|docs|bench|sweeps)/[\w./-]+\.(?:yaml|ipynb|png|py)", readme)):
         assert (REPO / name).exists(), f"README names {name}, which does not exist"
+
+
+def test_shipped_streamlit_config_does_not_watch_the_project_folder():
+    """Streamlit's polling file watcher kept a core busy with one idle tab (bench_app.py part 3 measures it);
+    `make run` and `streamlit run app.py` both read this file, so it must turn the watcher off."""
+    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] == "none" and server["runOnSave"] is False
+    assert server["address"] == "127.0.0.1"
+    assert "--server.fileWatcherType" not in (REPO / "Makefile").read_text()  # the config file is the one home
