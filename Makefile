@@ -25,7 +25,8 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 run: $(STAMP)
-	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	# address, headless, telemetry and the file watcher come from .streamlit/config.toml (their one home)
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
 demo: $(STAMP)
 	$(PY) -m workbench train --config configs/synthetic.yaml
