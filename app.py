@@ -27,7 +27,12 @@ PAGES = [
     ("app_pages/sweeps.py", "Sweeps", ":material/tune:"),
 ]
 
-st.set_page_config(page_title="workbench", page_icon=":material/account_tree:", layout="wide")
+# An emoji favicon: Streamlit inlines it as a data: URL. A ":material/...:" page icon makes the browser
+# fetch the favicon from fonts.gstatic.com (nothing at all offline); the in-page material icons are
+# bundled with Streamlit and stay local.
+PAGE_ICON = "\U0001F333"  # 🌳 (deciduous tree): labels form a tree
+
+st.set_page_config(page_title="workbench", page_icon=PAGE_ICON, layout="wide")
 sh.keep()  # widget values survive page switches
 
 pages = [st.Page(path, title=title, icon=icon) for path, title, icon in PAGES if (ROOT / path).is_file()]

@@ -20,7 +20,7 @@ from workbench.launch import default_store_path
 from workbench.store import RunStore
 
 MAX_UPLOAD_MB = 50
-UPLOAD_TYPES = ("csv", "tsv", "parquet", "pq")
+UPLOAD_TYPES = ("csv", "tsv", "txt", "parquet", "pq")
 LIVE_REFRESH_S = 1.0
 
 # a dataset and model that train in ~10 s on 2 CPU cores (30 epochs x ~0.15 s, plus ~5 s start-up)
@@ -69,6 +69,30 @@ def status_badge(status: str) -> str:
     return f":{STATUS_COLOUR.get(status, 'gray')}-badge[{STATUS_ICON.get(status, '')} {status}]"
 
 
+# What can give text a meaning in Streamlit's Markdown, escaped by md_escape. Anywhere: brackets
+# (links, images, ``:red[...]`` directives), HTML and autolinks, code, emphasis, tables, LaTeX,
+# strikethrough, entities, e-mail autolinks. A ``:`` only before a word or ``/`` (``:material/x:``,
+# emoji shortcodes, ``http://``), the dot of ``www.`` (GFM autolinks), ``_`` only where it can
+# delimit emphasis (not inside ``my_file``). At a line start: headings, quotes, lists, rules.
+# Everything else stays as typed, so messages read the same in the page source and in tests.
+_MD_ANYWHERE = re.compile(r"[\\`*{}\[\]<>|~$&@]|:(?=[\w/])|(?<=www)\.|(?<![^\W_])_|_(?![^\W_])", re.IGNORECASE)
+_MD_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))", re.MULTILINE)
+
+
+def md_escape(text: Any) -> str:
+    """``text`` made literal inside Markdown (st.markdown, st.caption, st.error, ...).
+
+    Every value a user or a file controls (run names, errors, file names, config values) goes
+    through this before it is interpolated: a run named ``![x](http://host/p.png)`` must show those
+    characters, not make every viewer's browser fetch an image. Line breaks stay line breaks.
+    """
+    text = str(text).replace("\r\n", "\n")
+    text = _MD_ANYWHERE.sub(lambda m: "\\" + m.group(0), text)
+    text = _MD_LINE_START.sub(lambda m: m.group(1) + ("\\" + m.group(2) if not m.group(2)[0].isdigit()
+                                                       else m.group(2) + "\\"), text)
+    return text.replace("\n", "  \n")
+
+
 def run_label(run: dict) -> str:
     """``<id> · <name>`` (plain text: select boxes do not render icons; the status is shown beside)."""
     name = run.get("name") or run["id"]
@@ -80,20 +104,26 @@ def run_label(run: dict) -> str:
 # Streamlit refuses to have their state set)
 PERSIST_KEYS = (
     "d_source", "d_name", "d_n", "d_branching", "d_features", "d_noise", "d_nulls", "d_imbalance", "d_seed",
-    "d_val", "d_ranks_builtin", "d_ranks", "d_feats", "d_weight", "d_nullvals", "d_count_rank",
+    "d_val", "d_ranks_builtin", "d_ranks", "d_feats", "d_weight", "d_nullvals", "d_count_rank", "d_count_log",
     "tr_w", "tr_head", "tr_cw", "tr_mask_on", "tr_p0", "tr_p1", "tr_e0", "tr_e1", "tr_phase1", "tr_epochs",
     "tr_bs", "tr_lr", "tr_seed", "tr_wandb", "tr_wandb_mode", "tr_wandb_project", "tr_name", "tr_hidden",
     "tr_dropout", "tr_wd", "tr_watch",
     "ru_status", "ru_data", "ru_search", "ru_key", "ru_smooth", "ru_group", "ru_color", "ru_view", "ru_x",
-    "ru_split",
+    "ru_split", "ru_split_by", "ru_continue",
 )
 
 
 def keep(*keys: str) -> None:
-    """Keep widget values across page switches (Streamlit drops the state of unrendered widgets)."""
+    """Keep widget values across page switches (Streamlit drops the state of unrendered widgets).
+
+    Called with no keys (by ``app.py``, at the start of every rerun) it also keeps the Train form
+    and the chosen dataset across a reload of the browser tab (:func:`sync_ui_state`).
+    """
     for k in keys or PERSIST_KEYS:
         if k in st.session_state:
             st.session_state[k] = st.session_state[k]
+    if not keys:
+        sync_ui_state()
 
 
 def init(key: str, value: Any) -> None:
@@ -109,6 +139,126 @@ def data_section() -> dict:
 
 def set_data_section(data: dict) -> None:
     st.session_state["data_cfg"] = data
+    save_ui_state()
+
+
+# ---------------------------------------------------------------------- the form across reloads
+# A reload of the tab starts a new Streamlit session with empty state. The Train form's values and the
+# chosen DATA section are therefore also kept in <store dir>/ui_state.json (one file per store, shared
+# by the tabs that use it: the last change wins) and read back when a session starts.
+from workbench.names import UI_STATE_FILE  # noqa: E402 (one home: names.py)
+# the Train form's value widgets and their first values (every key the page's form_config reads);
+# config_to_form fills the same keys from a run's config
+FORM_DEFAULTS: dict[str, Any] = {
+    "tr_w": 0.3, "tr_head": "independent", "tr_cw": "none", "tr_mask_on": True, "tr_p0": 0.0, "tr_p1": 1.0,
+    "tr_e0": 0, "tr_e1": 10, "tr_phase1": False, "tr_epochs": 30, "tr_bs": 256, "tr_lr": 3e-3, "tr_seed": 0,
+    "tr_wandb": False, "tr_wandb_mode": "offline", "tr_wandb_project": "workbench", "tr_name": "",
+    "tr_hidden": ", ".join(map(str, DEFAULT_MODEL["HIDDEN"])), "tr_dropout": 0.1, "tr_wd": 1e-4,
+}
+FORM_KEYS = tuple(FORM_DEFAULTS)
+
+
+def ui_state_path() -> Path:
+    return store_path().parent / UI_STATE_FILE
+
+
+def _ui_state() -> dict:
+    ss = st.session_state
+    return {"form": {k: ss[k] for k in FORM_KEYS if k in ss}, "data": ss.get("data_cfg")}
+
+
+def save_ui_state() -> None:
+    """Write the form and dataset to :func:`ui_state_path` when they changed since the last write."""
+    state = json.dumps(_ui_state(), sort_keys=True)
+    if st.session_state.get("_ui_saved") == state:
+        return
+    path = ui_state_path()
+    st.session_state["_ui_saved"] = state  # also on failure: one notice, not one per rerun
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(state)
+        tmp.replace(path)  # atomic: another tab never reads half a file
+    except OSError as e:  # a read-only store folder: the pages still work, only a reload forgets the form
+        st.toast(md_escape(f"Could not save the form to {path} ({e.strerror or e}); a reload of the tab will forget it."))
+
+
+def sync_ui_state() -> None:
+    """Once per session, restore the saved form and dataset (values already in the session win);
+    then save what changed."""
+    ss = st.session_state
+    if "_ui_restored" not in ss:
+        ss["_ui_restored"] = True
+        path = ui_state_path()
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+                if not isinstance(saved, dict) or not isinstance(saved.get("form", {}), dict):
+                    raise ValueError("expected {\"form\": {...}, \"data\": {...}}")
+            except (OSError, ValueError) as e:  # a damaged file costs the saved form, never the page
+                st.toast(md_escape(f"{path}: could not read the saved form ({e}); starting from the defaults"))
+                saved = {}
+            for key, value in (saved.get("form") or {}).items():
+                if key in FORM_KEYS and key not in ss and isinstance(value, (bool, int, float, str)):
+                    ss[key] = value
+            if isinstance(saved.get("data"), dict) and not ss.get("data_cfg"):
+                ss["data_cfg"] = saved["data"]
+    save_ui_state()
+
+
+def config_to_form(config: dict) -> dict[str, Any]:
+    """The Train form's values (:data:`FORM_KEYS`) for a run's config: the inverse of the page's ``form_config``."""
+    model, loss, train = config.get("MODEL", {}), config.get("LOSS", {}), config.get("TRAIN", {})
+    nm = config.get("SCHEDULE", {}).get("NULL_MASKING", {})
+    tracking = config.get("TRACKING", {})
+    wandb = tracking.get("WANDB", {})
+    values = {
+        "tr_w": loss.get("W"), "tr_head": model.get("HEAD"), "tr_cw": loss.get("CLASS_WEIGHTS"),
+        "tr_mask_on": nm.get("ENABLED"), "tr_p0": nm.get("START_PROB"), "tr_p1": nm.get("END_PROB"),
+        "tr_e0": None if nm.get("START_EPOCH") is None else int(nm["START_EPOCH"]),
+        "tr_e1": None if nm.get("END_EPOCH") is None else int(nm["END_EPOCH"]),
+        "tr_phase1": train.get("PHASE1_MASK_NULL_LOSS"), "tr_epochs": train.get("EPOCHS"),
+        "tr_bs": train.get("BATCH_SIZE"), "tr_lr": train.get("LR"), "tr_seed": train.get("SEED"),
+        "tr_wandb": wandb.get("ENABLED"), "tr_wandb_mode": wandb.get("MODE"), "tr_wandb_project": wandb.get("PROJECT"),
+        "tr_name": "", "tr_dropout": model.get("DROPOUT"), "tr_wd": train.get("WEIGHT_DECAY"),
+        "tr_hidden": None if model.get("HIDDEN") is None else ", ".join(map(str, model["HIDDEN"])),
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# the config keys the Train form sets (config_to_form's sources); DATA is carried whole
+FORM_CONFIG_KEYS = frozenset((
+    "LOSS.W", "LOSS.CLASS_WEIGHTS", "MODEL.HEAD", "MODEL.HIDDEN", "MODEL.DROPOUT", "TRAIN.EPOCHS", "TRAIN.BATCH_SIZE",
+    "TRAIN.LR", "TRAIN.WEIGHT_DECAY", "TRAIN.SEED", "TRAIN.PHASE1_MASK_NULL_LOSS", "SCHEDULE.NULL_MASKING.ENABLED",
+    "SCHEDULE.NULL_MASKING.START_PROB", "SCHEDULE.NULL_MASKING.END_PROB", "SCHEDULE.NULL_MASKING.START_EPOCH",
+    "SCHEDULE.NULL_MASKING.END_EPOCH",
+))
+
+
+def config_not_in_form(config: dict) -> list[str]:
+    """``KEY=value`` for the settings of ``config`` that the Train form cannot carry (they differ from the
+    defaults a form run gets, e.g. ``TRAIN.INIT_FROM`` of a phase-2 run or ``LOSS.RANK_WEIGHTS``)."""
+    from workbench.config import flatten
+
+    baseline = flatten(Config().with_overrides({f"MODEL.{k}": v for k, v in DEFAULT_MODEL.items()}).to_dict())
+    return [f"{k}={v}" for k, v in flatten(config).items()
+            if k.split(".")[0] in ("MODEL", "LOSS", "TRAIN", "SCHEDULE") and k not in FORM_CONFIG_KEYS
+            and v != baseline.get(k)]
+
+
+def load_config_into_form(config: dict) -> list[str]:
+    """Put a run's config into the Train form and its DATA section on the Data page; returns
+    :func:`config_not_in_form` (what the form leaves out, to tell the user).
+
+    The Data page's widgets are dropped so that it re-reads them from the new DATA section.
+    """
+    ss = st.session_state
+    for key, value in config_to_form(config).items():
+        ss[key] = value
+    for key in [k for k in ss if str(k).startswith("d_") and k != "d_upload"]:
+        del ss[key]
+    set_data_section(json.loads(json.dumps(config["DATA"])))
+    return config_not_in_form(config)
 
 
 def parse_numbers(text: str, kind=float, what: str = "value") -> list:
@@ -165,23 +315,25 @@ def _load_dataset(key: str):
 
 
 def safe_upload_path(upload_dir: Path, filename: str, content: bytes) -> Path:
-    """Where to save an upload: ``<upload_dir>/<content hash>-<sanitised name>``, always inside ``upload_dir``.
+    """Where to save an upload: ``<upload_dir>/<content hash>/<sanitised name>``, always inside ``upload_dir``.
 
-    The name keeps only letters, digits, ``.``, ``_`` and ``-`` of its last path component (no
-    ``..``, no separators, no leading dot); the suffix must be one of :data:`UPLOAD_TYPES`.
+    The hash lives in the folder only, so the file keeps the name the user gave it (shown on the
+    pages, in the run table and in errors). The name keeps only letters, digits, spaces, ``.``,
+    ``_`` and ``-`` of its last path component (no ``..``, no separators, no leading dot or
+    space); the suffix must be one of :data:`UPLOAD_TYPES`.
     """
     from workbench.data import DataError
 
     base = re.split(r"[\\/]", str(filename))[-1]
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip("._-")[:100] or "upload"
+    safe = re.sub(r"[^A-Za-z0-9._ -]+", "_", base).lstrip("._- ")[:100].rstrip() or "upload"
     suffix = Path(safe).suffix.lower().lstrip(".")
     if suffix not in UPLOAD_TYPES:
         raise DataError(f"{base}: unsupported file type {('.' + suffix) if suffix else '(none)'}; "
                         f"expected one of {', '.join('.' + t for t in UPLOAD_TYPES)}")
     digest = hashlib.sha256(content).hexdigest()[:10]
     root = Path(upload_dir).resolve()
-    path = (root / f"{digest}-{safe}").resolve()
-    if path.parent != root:  # cannot happen after sanitising; an invariant, not input validation
+    path = (root / digest / safe).resolve()
+    if path.parent.parent != root:  # cannot happen after sanitising; an invariant, not input validation
         raise DataError(f"{base}: refusing to write outside {root}")
     return path
 
@@ -211,22 +363,20 @@ def read_columns(path: str, size: int, mtime: int):
     return read_table(path)
 
 
+DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
+
+
+def delimiter_note(path: str | Path) -> str:
+    """``", separated by semicolons (decimal commas)"`` for a sniffed .csv/.txt file, else ``""``."""
+    from workbench.data import SNIFFED_SUFFIXES, sniff_csv
+
+    if Path(path).suffix.lower() not in SNIFFED_SUFFIXES:
+        return ""
+    delimiter, decimal = sniff_csv(path)
+    return f", separated by {DELIMITER_NAMES[delimiter]}" + (" (decimal commas)" if decimal == "," else "")
+
+
 # ---------------------------------------------------------------------- runs
-DEFAULT_RANKS = {"ratdat": ["taxa", "genus", "species"], "olive": ["region", "area"]}
-
-
-def run_ranks(config: dict, columns=()) -> list[str]:
-    """A run's ranks, coarse to fine, from its config (or, failing that, its metric keys)."""
-    data = config.get("DATA", {})
-    if data.get("RANKS"):
-        return list(data["RANKS"])
-    if data.get("NAME") == "synthetic":
-        return [f"level{r}" for r in range(len(data.get("SYNTHETIC", {}).get("BRANCHING", [3, 3, 3])))]
-    if data.get("NAME") in DEFAULT_RANKS:
-        return DEFAULT_RANKS[data["NAME"]]
-    return [c.split("/", 2)[2] for c in columns if str(c).startswith("val/acc/")]
-
-
 def describe_data(data: dict) -> str:
     """One line about a ``DATA`` section, e.g. ``synthetic: N=20000, branching 3-3-3, null rates 0/0.1/0.3``."""
     if data["NAME"] == "synthetic":
@@ -235,4 +385,6 @@ def describe_data(data: dict) -> str:
                 f"null rates {'/'.join(f'{v:g}' for v in s['NULL_RATES'])}")
     if data["NAME"] == "file":
         return f"file {Path(data['PATH']).name}: ranks {' > '.join(data.get('RANKS') or [])}"
-    return f"{data['NAME']}: ranks {' > '.join(data.get('RANKS') or DEFAULT_RANKS.get(data['NAME'], []))}"
+    from workbench.data import BUILTIN_RANKS
+
+    return f"{data['NAME']}: ranks {' > '.join(data.get('RANKS') or BUILTIN_RANKS.get(data['NAME'], ()))}"

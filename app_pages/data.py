@@ -10,6 +10,7 @@ import streamlit as st
 from app_pages import _shared as sh
 from workbench import plots
 from workbench.config import ConfigError
+from workbench import data as data_module
 from workbench.data import DataError
 from workbench.taxonomy import TaxonomyError
 
@@ -22,7 +23,7 @@ BUILTIN_INFO = {
               "are partial labels.",
     "olive": "Italian olive oils (572): region > area from 8 fatty acids. Fully labelled.",
 }
-BUILTIN_RANKS = {"ratdat": ["taxa", "genus", "species"], "olive": ["region", "area"]}
+BUILTIN_RANKS = {name: list(ranks) for name, ranks in data_module.BUILTIN_RANKS.items()}  # one home: workbench.data
 st.title("Data")
 st.caption("Choose what to train on. Labels form a taxonomy, coarse to fine; a missing (null) label at a "
            "rank is a *partial* label, not an error. The Train page uses the dataset chosen here.")
@@ -64,7 +65,7 @@ def builtin_section() -> dict | None:
                 "NULL_RATES": sh.parse_numbers(nulls, float, "Null rate per rank"), "IMBALANCE": float(imbalance),
             }
         except ConfigError as e:
-            st.error(str(e))
+            st.error(sh.md_escape(e))
             return None
         data["SEED"] = int(seed)
     else:
@@ -82,20 +83,21 @@ def builtin_section() -> dict | None:
 
 def upload_section() -> dict | None:
     uploaded = st.file_uploader(
-        f"CSV, TSV or Parquet (up to {sh.MAX_UPLOAD_MB} MB)", type=list(sh.UPLOAD_TYPES),
+        f"CSV, TSV, TXT or Parquet (up to {sh.MAX_UPLOAD_MB} MB)", type=list(sh.UPLOAD_TYPES),
         max_upload_size=sh.MAX_UPLOAD_MB, key="d_upload",
-        help="One row per sample: one column per rank (class names; empty = null) and numeric feature columns.",
+        help="One row per sample: one column per rank (class names; empty = null) and numeric feature columns. "
+             "Text files may be separated by commas, semicolons, tabs or '|' (detected from the first lines).",
     )
     path = None
     if uploaded is not None:
         try:
             path = sh.save_upload(sh.store_path().parent / "uploads", uploaded.name, uploaded.getvalue())
         except DataError as e:
-            st.error(str(e))
+            st.error(sh.md_escape(e))
             return None
     elif current["NAME"] == "file" and current.get("PATH"):
         path = current["PATH"]
-        st.caption(f"Using the previously uploaded file `{path}`.")
+        st.caption(f"Using the previously uploaded file `{Path(path).name}`.")  # the hash folder is not shown
     if path is None:
         st.info("Upload a table to map its columns to ranks and features.")
         return None
@@ -103,13 +105,13 @@ def upload_section() -> dict | None:
     try:
         df = sh.read_columns(str(path), stat.st_size, stat.st_mtime_ns)
     except DataError as e:
-        st.error(str(e))
+        st.error(sh.md_escape(e))
         return None
     cols = [str(c) for c in df.columns]
     numeric = [str(c) for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
     text = [c for c in cols if c not in numeric]
     prev = current if current["NAME"] == "file" else {}
-    st.caption(f"`{Path(path).name}`: {len(df):,} rows, {len(cols)} columns.")
+    st.caption(f"`{Path(path).name}`: {len(df):,} rows, {len(cols)} columns{sh.delimiter_note(path)}.")
     if st.session_state.get("d_file_for") != str(path):  # a new file: fresh column mapping
         st.session_state["d_file_for"] = str(path)
         st.session_state["d_ranks"] = [c for c in (prev.get("RANKS") or text[:3]) if c in cols]
@@ -156,12 +158,12 @@ if data is None:
 try:
     ds = sh.load_dataset(data)
 except LIBRARY_ERRORS as e:
-    st.error(str(e))
+    st.error(sh.md_escape(e))
     st.stop()
 
 sh.set_data_section(data)
 summary = ds.summary_frame()
-st.success(f"The Train page will train on **{ds.name}** ({len(ds):,} samples).", icon=":material/check:")
+st.success(f"The Train page will train on **{sh.md_escape(ds.name)}** ({len(ds):,} samples).", icon=":material/check:")
 
 c1, c2, c3, c4 = st.columns([1, 1, 2.4, 1])
 c1.metric("Samples", f"{len(ds):,}")
@@ -170,7 +172,7 @@ c3.metric("Ranks", " > ".join(ds.taxonomy.ranks))
 fully = float((ds.targets != 0).all(dim=1).float().mean())
 c4.metric("Fully labelled", f"{fully:.1%}", help="Samples with a label at every rank.")
 if ds.feature_notes:
-    st.caption(f"Features: {ds.feature_notes}")
+    st.caption(f"Features: {sh.md_escape(ds.feature_notes)}")
 
 tab_tax, tab_counts, tab_ranks, tab_rows = st.tabs(["Taxonomy", "Class counts", "Ranks & nulls", "Rows"])
 with tab_tax:
@@ -180,8 +182,12 @@ with tab_tax:
 with tab_counts:
     if st.session_state.get("d_count_rank") not in ds.taxonomy.ranks:
         st.session_state["d_count_rank"] = ds.taxonomy.ranks[-1]
-    rank = st.selectbox("Rank", list(ds.taxonomy.ranks), key="d_count_rank")
-    st.plotly_chart(plots.class_counts(ds.class_counts(rank), rank), key="class_counts")
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    rank = c1.selectbox("Rank", list(ds.taxonomy.ranks), key="d_count_rank")
+    sh.init("d_count_log", False)
+    log_x = c2.toggle("Log scale", key="d_count_log",
+                      help="Counts on a log axis: rare classes stay visible beside common ones.")
+    st.plotly_chart(plots.class_count_bars(ds.class_counts(rank), rank, log_x=log_x), key="class_counts")
 with tab_ranks:
     st.caption("Classes exclude null. Null rate = share of samples with no label at that rank.")
     st.dataframe(summary, hide_index=True, column_config={

@@ -1,10 +1,15 @@
-"""Sweeps page: launch a Ray Tune sweep over `w` and the schedule, watch its trials live, open any trial.
+"""Sweeps page: launch a Ray Tune sweep over `w` and the schedule, follow every sweep's status and
+trials live, stop a sweep, open any trial.
 
-The sweep runs as its own process (``sweeps/run.py``); its driver writes every trial's epochs into
-the store, which this page reads.
+A sweep runs as its own process (``sweeps/run.py``): it records its status (starting, running,
+finished, failed, stopped) in ``<store dir>/sweeps/<id>/status.json`` and its driver writes every
+trial's epochs into the store; this page reads both (``workbench.launch.list_sweeps``) and never
+talks to the sweep process, except to stop it.
 """
 
 from __future__ import annotations
+
+import time
 
 import pandas as pd
 import streamlit as st
@@ -12,102 +17,185 @@ import streamlit as st
 from app_pages import _shared as sh
 from workbench import plots
 from workbench.config import ConfigError
-from workbench.launch import launch_sweep, log_path, run_alive
+from workbench.launch import LaunchError, launch_sweep, list_sweeps, log_path, log_tail, stop_sweep
+from workbench.sweep import SWEEP_ACTIVE
+from workbench.names import VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC
+from workbench.summaries import metric_values
 from workbench.sweep_results import accuracy_vs_key_figure, store_tidy, summarize
+
+LIVE_REFRESH_S = 2.0
+LOG_LINES = 400  # of the sweep driver's log shown in the page
+# the form's labels say what a value does; the help names the config key (as on the Train page)
+W_LABEL = "Hierarchical loss weight w (values)"
+END_LABEL = "Null-label ramp ends at epoch (values)"
+PHASE1_LABELS = {"false": "off: nulls count (by the schedule)", "true": "on: nulls never count",
+                 "both": "both (a grid over on and off)"}
 
 st.title(":material/tune: Sweeps")
 st.caption(
-    "A Ray Tune grid over the hierarchical loss weight `w` (and optionally the null-masking ramp's end "
+    "A Ray Tune grid over the hierarchical loss weight w (and optionally the null-masking ramp's end "
     "epoch and the phase-1 flag), repeated over seeds. Trials report every epoch; the sweep's driver "
     "writes them into the run store, so this page follows them live wherever they run."
 )
 
+ss = st.session_state
 store = sh.get_store()
 
-with st.expander("Launch a sweep", expanded=not store.runs()["sweep_id"].notna().any()):
+
+def request_stop(sweep_id: str) -> None:
+    """``Stop sweep``: terminate the driver's process group (its Ray instance and trials)."""
+    try:
+        stop_sweep(sweep_id, store.path)
+    except LaunchError as e:
+        ss.sw_flash = ("error", str(e))
+    else:
+        ss.sw_flash = ("warning", f"Stopped sweep {sweep_id}.")
+
+
+sweeps = list_sweeps(store)
+active = sweeps[sweeps["status"].isin(SWEEP_ACTIVE)]
+
+with st.expander("Launch a sweep", expanded=sweeps.empty):
     data = sh.data_section()
-    st.caption(f"Data: {sh.describe_data(data)} (change it on the Data page)")
-    with st.form("sweep_form"):
+    st.caption(f"Data: {sh.md_escape(sh.describe_data(data))} (change it on the Data page)")
+    # Enter in a text field must not start a sweep (each one starts a Ray instance): only the button does
+    with st.form("sweep_form", enter_to_submit=False):
         c1, c2, c3 = st.columns(3)
-        w_text = c1.text_input("LOSS.W values", "0, 0.25, 0.5, 0.75, 1", help="comma-separated, in [0, 1]")
-        seeds = c2.number_input("seeds per point", 1, 10, 2)
-        epochs = c3.number_input("TRAIN.EPOCHS", 1, 500, 5)
+        w_text = c1.text_input(W_LABEL, "0, 0.25, 0.5, 0.75, 1", key="sw_w",
+                               help="LOSS.W, comma-separated values in [0, 1]. Loss = w x coarse-rank CE + "
+                                    "(1 - w) x finest-rank CE; with more ranks the coarser ones share w.")
+        seeds = c2.number_input("Seeds per point", 1, 10, 2, key="sw_seeds",
+                                help="Each grid point is trained with TRAIN.SEED = 0, 1, ..., n - 1.")
+        epochs = c3.number_input("Epochs per trial", 1, 500, 5, key="sw_epochs", help="TRAIN.EPOCHS of every trial.")
         c4, c5, c6 = st.columns(3)
-        end_text = c4.text_input("SCHEDULE.NULL_MASKING.END_EPOCH values", "", help="empty = the default schedule")
-        phase1 = c5.selectbox("TRAIN.PHASE1_MASK_NULL_LOSS", ["false", "true", "both"])
-        concurrent = c6.number_input("concurrent trials", 1, 64, 2)
-        address = st.text_input("Ray cluster address", "", help="empty = a local Ray instance; 'auto' or host:port")
-        use_wandb = st.toggle("log trials to W&B (offline)", value=False)
-        start = st.form_submit_button("Start sweep", type="primary")
+        end_text = c4.text_input(END_LABEL, "", key="sw_end",
+                                 help="SCHEDULE.NULL_MASKING.END_EPOCH, comma-separated: the epoch at which null "
+                                      "labels count fully. Empty = the default schedule.")
+        phase1 = c5.selectbox("Phase 1", list(PHASE1_LABELS), format_func=PHASE1_LABELS.get,
+                              key="sw_phase1", help="TRAIN.PHASE1_MASK_NULL_LOSS: null labels are left out of the loss.")
+        concurrent = c6.number_input("Trials at once", 1, 64, 2, key="sw_concurrent",
+                                     help="Ray Tune's max_concurrent_trials; each trial uses one CPU.")
+        address = st.text_input("Ray cluster address (optional)", "", key="sw_address",
+                                help="Empty = a local Ray instance on 127.0.0.1; 'auto' or host:port = a running cluster.")
+        use_wandb = st.toggle("Log trials to Weights & Biases (offline)", value=False, key="sw_wandb")
+        alongside = False
+        if not active.empty:
+            alongside = st.checkbox(f"Run alongside the active sweep {active['id'].iloc[0]}", value=False,
+                                    key="sw_alongside",
+                                    help="Both sweeps then share this machine's CPUs; each trial takes longer.")
+        start = st.form_submit_button("Start sweep", type="primary", icon=":material/play_arrow:")
     if start:
         try:
-            grid = {"LOSS.W": sh.parse_numbers(w_text, float, "LOSS.W")}
+            grid = {"LOSS.W": sh.parse_numbers(w_text, float, W_LABEL)}
             if end_text.strip():
-                grid["SCHEDULE.NULL_MASKING.END_EPOCH"] = sh.parse_numbers(end_text, float, "END_EPOCH")
+                grid["SCHEDULE.NULL_MASKING.END_EPOCH"] = sh.parse_numbers(end_text, float, END_LABEL)
             grid["TRAIN.PHASE1_MASK_NULL_LOSS"] = [True, False] if phase1 == "both" else [phase1 == "true"]
             config = sh.build_config(data, {}, {}, {"EPOCHS": int(epochs)}, {}, {"STORE": str(store.path)})
             sweep_id = launch_sweep(config, grid, seeds=int(seeds), store_path=store.path, max_concurrent=int(concurrent),
-                                    address=address.strip() or None, wandb=use_wandb)
-        except (ConfigError, ValueError) as e:
-            st.error(str(e))
+                                    address=address.strip() or None, wandb=use_wandb, allow_concurrent=alongside)
+        except (ConfigError, LaunchError, ValueError) as e:
+            st.error(sh.md_escape(e), icon=":material/error:")
         else:
-            st.session_state["sweep_id"] = sweep_id
+            ss["sweep_id"] = ss["sw_pick"] = sweep_id  # (the picker below is not drawn yet in this run)
             st.success(f"Started sweep `{sweep_id}`; Ray needs a few seconds before the first trial reports.")
+            sweeps = list_sweeps(store, reconcile_first=False)
 
-runs = store.runs(with_config=True)
-sweeps = sorted(runs["sweep_id"].dropna().unique().tolist(), reverse=True) if len(runs) else []
-known = [s for s in [st.session_state.get("sweep_id")] if s and s not in sweeps] + sweeps
-if not known:
+flash = ss.pop("sw_flash", None)
+if flash:
+    getattr(st, flash[0])(sh.md_escape(flash[1]))
+
+if sweeps.empty:
     st.info("No sweeps yet. Launch one above, or from the command line: `python sweeps/run.py --w 0:1:0.25 --seeds 2`.")
     st.stop()
-sweep_id = st.selectbox("sweep", known, index=known.index(st.session_state.get("sweep_id", known[0]))
-                        if st.session_state.get("sweep_id") in known else 0)
 
 
-def sweep_active(sweep_id: str, trials: pd.DataFrame) -> bool:
-    pid_file = log_path(store, sweep_id).with_suffix(".pid")
-    alive = pid_file.exists() and run_alive(int(pid_file.read_text() or 0))
-    return alive or bool(len(trials) and trials["status"].isin(["queued", "running"]).any())
+def when(t) -> str:
+    return "" if t is None or pd.isna(t) else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
 
 
-@st.fragment(run_every=2.0)
-def live_sweep() -> None:
-    trials = store.runs(sweep_id=sweep_id, with_config=True)
-    active = sweep_active(sweep_id, trials)
-    st.markdown(f"**{len(trials)} trials** · " + ("running" if active else "done"))
-    if trials.empty:
+st.subheader("All sweeps")
+listing = pd.DataFrame({
+    "status": sweeps["status"].tolist(),
+    "trials": [f"{int(t)}" + (f" / {int(n)}" if pd.notna(n) else "") for t, n in zip(sweeps["trials"], sweeps["n_trials"])],
+    "failed trials": sweeps["trials_failed"].tolist(),
+    "started": sweeps["started"].map(when).tolist(),
+    "reason": sweeps["reason"].fillna("").tolist(),
+}, index=pd.Index(sweeps["id"].tolist(), name="sweep"))
+st.dataframe(listing, width="stretch", key="sw_list")
+
+ids = sweeps["id"].tolist()
+status_of = dict(zip(sweeps["id"], sweeps["status"]))
+if ss.get("sw_pick") not in ids:
+    ss["sw_pick"] = ss.get("sweep_id") if ss.get("sweep_id") in ids else ids[0]
+sweep_id = st.selectbox("Sweep", ids, key="sw_pick", format_func=lambda s: f"{s} · {status_of[s]}")
+
+
+def live_sweep(sweep_id: str, was_active: bool) -> None:
+    """The sweep's status, reason, log, trials and chart, re-read every few seconds while it is active."""
+
+    @st.fragment(run_every=LIVE_REFRESH_S if was_active else None)
+    def panel() -> None:
+        rows = list_sweeps(store)
+        row = rows[rows["id"] == sweep_id].iloc[0]
+        status = row["status"]
+        if was_active and status not in SWEEP_ACTIVE:
+            st.rerun()  # it ended: redraw the page once (the list, the Stop button, this timer)
+        trials = store.runs(sweep_id=sweep_id, with_config=True)
+        head, stop = st.columns([5, 1], vertical_alignment="center")
+        planned = f" of {int(row['n_trials'])}" if pd.notna(row["n_trials"]) else ""
+        head.markdown(f"{sh.status_badge(status)} {sh.md_escape(sweep_id)} · **{len(trials)} trials**{planned} "
+                      f"({int(row['trials_finished'])} finished, {int(row['trials_failed'])} failed) · "
+                      f"started {when(row['started'])}")
+        if status in SWEEP_ACTIVE:
+            stop.button("Stop sweep", icon=":material/stop_circle:", key="sw_stop", on_click=request_stop,
+                        args=(sweep_id,), width="stretch",
+                        help="Terminates the sweep's driver, its Ray instance and its trials now.")
+        reason = row["reason"] if isinstance(row["reason"], str) else ""
+        if reason:
+            show = st.error if status == "failed" else st.warning
+            show(sh.md_escape(reason), icon=":material/error:" if status == "failed" else ":material/warning:")
         log = log_path(store, sweep_id)
-        if log.exists():
-            st.code(log.read_text()[-2000:] or "(starting Ray...)", language="text")
-        return
-    tidy = store_tidy(store, sweep_id)
-    keys = [k for k in ("LOSS.W", "SCHEDULE.NULL_MASKING.END_EPOCH", "TRAIN.PHASE1_MASK_NULL_LOSS")
-            if k in trials and trials[k].nunique() > 1] or ["LOSS.W"]
-    if not tidy.empty:
-        summary = summarize(tidy, keys)
-        ranks = sh.run_ranks(store.run(trials["id"].iloc[0])["config"], tidy["metric"].unique())
-        st.plotly_chart(accuracy_vs_key_figure(summary, keys[0], ranks), key="sweep_acc")
-    final = tidy.sort_values("epoch").groupby(["run", "metric"])["value"].last().unstack() if not tidy.empty else pd.DataFrame()
-    show = trials.set_index("id")[["status", "epochs_done", *keys, "TRAIN.SEED"]]
-    cols = [c for c in ("core/val_chain_acc", "core/val_partial_chain_acc") if c in final]
-    st.dataframe(show.join(final[cols]) if cols else show, width="stretch")
-    failed = trials[trials["status"] == "failed"]
-    for row in failed.itertuples():
-        with st.expander(f"trial {row.id} failed"):
-            st.code((row.error or "")[-3000:], language="text")
+        with st.expander("Sweep log", expanded=status == "failed" and trials.empty):
+            if log.is_file():
+                st.caption(f"last {LOG_LINES} lines of {sh.md_escape(log)}")
+                st.code(log_tail(store, sweep_id, LOG_LINES) or "(empty: the process is starting)",
+                        language=None, wrap_lines=True)
+            else:
+                st.caption("No log here: this sweep was started from the command line, which printed it.")
+        if trials.empty:
+            if status in SWEEP_ACTIVE:
+                st.info("Waiting for the first trial (Ray takes a few seconds to start)...",
+                        icon=":material/hourglass_top:")
+            return
+        tidy = store_tidy(store, sweep_id)
+        keys = [k for k in ("LOSS.W", "SCHEDULE.NULL_MASKING.END_EPOCH", "TRAIN.PHASE1_MASK_NULL_LOSS")
+                if k in trials and trials[k].nunique() > 1] or ["LOSS.W"]
+        if not tidy.empty:
+            summary = summarize(tidy, keys)
+            ranks = store.run_ranks(trials["id"].iloc[0])
+            st.plotly_chart(accuracy_vs_key_figure(summary, keys[0], ranks), key="sweep_acc")
+        final = metric_values(tidy, "last", run="run", key="metric") if not tidy.empty else pd.DataFrame()
+        show = trials.set_index("id")[["status", "epochs_done", *keys, "TRAIN.SEED"]]
+        cols = [c for c in (VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC) if c in final]
+        st.dataframe(show.join(final[cols]) if cols else show, width="stretch", key="sw_trials")
+        for trial in trials[trials["status"] == "failed"].itertuples():
+            with st.expander(f"trial {trial.id} failed"):
+                st.code((trial.error or "")[-3000:], language=None, wrap_lines=True)
+
+    panel()
 
 
-live_sweep()
+live_sweep(sweep_id, status_of[sweep_id] in SWEEP_ACTIVE)
 
 trial_ids = store.runs(sweep_id=sweep_id)["id"].tolist()
 if trial_ids:
     st.subheader("A trial's curves")
-    trial = st.selectbox("trial", trial_ids)
+    trial = st.selectbox("Trial", trial_ids, key="sw_trial")
     wide = store.metrics_wide([trial])
     if wide.empty:
         st.caption("no epochs yet")
     else:
-        ranks = sh.run_ranks(store.run(trial)["config"], wide.columns)
+        ranks = store.run_ranks(trial)
         left, right = st.columns(2)
         left.plotly_chart(plots.chain_vs_partial(wide), key="trial_chain")
         right.plotly_chart(plots.loss_curves(wide, ranks), key="trial_loss")

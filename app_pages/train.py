@@ -7,25 +7,28 @@ import time
 import streamlit as st
 
 from app_pages import _shared as sh
+from workbench import names as N
 from workbench import plots
 from workbench.config import ConfigError
+from workbench.health import explain
 from workbench.launch import (
-    ACTIVE, LaunchError, checkpoint_path, launch_phase2, launch_run, log_tail, reconcile, stop_run,
+    ACTIVE, RESUMABLE, LaunchError, checkpoint_path, launch_phase2, launch_resume, launch_run, log_tail, reconcile,
+    stop_run,
 )
 from workbench.masking import NullMaskSchedule
 from workbench.store import StoreError
 
 LR_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 BATCH_CHOICES = [32, 64, 128, 256, 512, 1024, 2048]
-DEFAULTS = {
-    "tr_w": 0.3, "tr_head": "independent", "tr_cw": "none", "tr_mask_on": True, "tr_p0": 0.0, "tr_p1": 1.0,
-    "tr_e0": 0, "tr_e1": 10, "tr_phase1": False, "tr_epochs": 30, "tr_bs": 256, "tr_lr": 3e-3, "tr_seed": 0,
-    "tr_wandb": False, "tr_wandb_mode": "offline", "tr_wandb_project": "workbench", "tr_name": "",
-    "tr_hidden": ", ".join(map(str, sh.DEFAULT_MODEL["HIDDEN"])), "tr_dropout": 0.1, "tr_wd": 1e-4,
-}
-for _key, _value in DEFAULTS.items():
+for _key, _value in sh.FORM_DEFAULTS.items():
     sh.init(_key, _value)
 ss = st.session_state
+
+
+def choices(options: list, current) -> list:
+    """A select slider's options plus the current value (a run's config loaded into the form may use
+    a batch size or learning rate that is not among the presets)."""
+    return sorted(set(options) | {current})
 
 
 def form_config():
@@ -49,7 +52,7 @@ def _launch_and_watch(launch, success) -> None:
     try:
         run_id = launch()
     except (ConfigError, LaunchError, StoreError) as e:
-        ss.tr_flash = ("error", str(e))
+        ss.tr_flash = ("error", sh.md_escape(e))
         return
     ss.tr_watch = run_id
     ss.tr_flash = ("success", success(run_id))
@@ -76,6 +79,12 @@ def request_stop(run_id: str) -> None:
     stop_run(run_id, sh.store_path())
 
 
+def resume(run_id: str) -> None:
+    """``Resume`` button: continue a failed or stopped run from its checkpoint, in a new process."""
+    _launch_and_watch(lambda: launch_resume(run_id, sh.store_path()),
+                      lambda run_id: f"Resumed run `{run_id}` from its last checkpoint.")
+
+
 # ---------------------------------------------------------------------- configure
 st.title("Train")
 data = sh.data_section()
@@ -98,32 +107,37 @@ with st.container(border=True):
         st.subheader("Optimisation", divider="gray")
         c1, c2, c3, c4 = st.columns(4)
         c1.number_input("Epochs", 1, 10_000, step=1, key="tr_epochs")
-        c2.select_slider("Batch size", BATCH_CHOICES, key="tr_bs")
-        c3.select_slider("Learning rate", LR_CHOICES, key="tr_lr", format_func=lambda v: f"{v:g}")
+        c2.select_slider("Batch size", choices(BATCH_CHOICES, ss.tr_bs), key="tr_bs")
+        c3.select_slider("Learning rate", choices(LR_CHOICES, ss.tr_lr), key="tr_lr", format_func=lambda v: f"{v:g}")
         c4.number_input("Seed", 0, 1_000_000, step=1, key="tr_seed")
         with st.expander("Model, name and tracking"):
             c1, c2, c3 = st.columns(3)
             c1.text_input("Hidden layer sizes", key="tr_hidden", help="MLP widths, comma-separated.")
             c2.slider("Dropout", 0.0, 0.9, step=0.05, key="tr_dropout")
-            c3.select_slider("Weight decay", [0.0, 1e-5, 1e-4, 1e-3, 1e-2], key="tr_wd", format_func=lambda v: f"{v:g}")
+            c3.select_slider("Weight decay", choices([0.0, 1e-5, 1e-4, 1e-3, 1e-2], ss.tr_wd), key="tr_wd",
+                             format_func=lambda v: f"{v:g}")
             c1, c2, c3 = st.columns(3)
-            c1.text_input("Run name (optional)", key="tr_name", placeholder="run id")
-            c2.toggle("Log to Weights & Biases", key="tr_wandb", help="Extra sink; the run store always has everything.")
+            c1.text_input("Run name", key="tr_name", placeholder="run id", help="Optional; the run id by default.")
+            c2.toggle("W&B logging", key="tr_wandb",
+                      help="Also log to Weights & Biases (an extra sink; the run store always has everything).")
             c3.selectbox("W&B mode", ["offline", "online"], key="tr_wandb_mode", disabled=not ss.tr_wandb)
     with right:
         st.subheader("Null-label masking", divider="gray")
         c1, c2 = st.columns(2)
-        c1.toggle("Phase 1: nulls never count", key="tr_phase1",
-                  help="TRAIN.PHASE1_MASK_NULL_LOSS: null-labelled elements are left out of the loss; the "
-                       "schedule is not consulted. Continue as phase 2 later to bring them in.")
-        c2.toggle("Schedule enabled", key="tr_mask_on", disabled=ss.tr_phase1,
-                  help="Off: every null label counts (p = 1).")
+        c1.toggle("Phase 1", key="tr_phase1",
+                  help="Null labels never count (TRAIN.PHASE1_MASK_NULL_LOSS): null-labelled elements are left "
+                       "out of the loss; the schedule is not consulted. Continue as phase 2 later to bring them in.")
+        c2.toggle("Null schedule", key="tr_mask_on", disabled=ss.tr_phase1,
+                  help="On: null labels count with probability p(t), the ramp below. Off: every null label "
+                       "counts (p = 1).")
         off = ss.tr_phase1 or not ss.tr_mask_on
         c1, c2 = st.columns(2)
         c1.slider("Start probability", 0.0, 1.0, step=0.05, key="tr_p0", disabled=off)
         c2.slider("End probability", 0.0, 1.0, step=0.05, key="tr_p1", disabled=off)
-        c1.number_input("Ramp starts at epoch", 0, 10_000, step=1, key="tr_e0", disabled=off)
-        c2.number_input("Ramp ends at epoch", 0, 10_000, step=1, key="tr_e1", disabled=off)
+        ramp_help = ("In epochs trained: the ramp runs from t = start to t = end, so an end of 10 means the "
+                     "ramp is over after the 10th epoch.")
+        c1.number_input("Ramp start (epoch)", 0, 10_000, step=1, key="tr_e0", disabled=off, help=ramp_help)
+        c2.number_input("Ramp end (epoch)", 0, 10_000, step=1, key="tr_e1", disabled=off, help=ramp_help)
         try:
             if ss.tr_phase1:
                 schedule = NullMaskSchedule(True, 0.0, 0.0, 0, 0)
@@ -134,7 +148,7 @@ with st.container(border=True):
             st.caption("Probability that a null (missing) label counts in the training loss, per batch; "
                        "phase 1 is p = 0 throughout.")
         except ValueError as e:  # ScheduleError: start epoch after end epoch, ...
-            st.error(str(e))
+            st.error(sh.md_escape(e))
 
     c1, c2 = st.columns([1, 4], vertical_alignment="center")
     c1.button("Start run", type="primary", icon=":material/play_arrow:", on_click=start_run, key="tr_start",
@@ -143,7 +157,7 @@ with st.container(border=True):
         try:
             st.code(form_config().to_yaml(), language="yaml")
         except ConfigError as e:
-            st.error(str(e))
+            st.error(sh.md_escape(e))
 
 flash = ss.pop("tr_flash", None)
 if flash:
@@ -176,14 +190,22 @@ if run["status"] in ("finished", "stopped") and checkpoint_path(store, run_id).i
                    "(TRAIN.INIT_FROM = this run, PHASE1_MASK_NULL_LOSS off). The store records the parent.")
         parent_train = run["config"].get("TRAIN", {})
         c1, c2, c3, c4, c5 = st.columns(5)
-        c1.number_input("Phase-2 epochs", 1, 10_000, int(parent_train.get("EPOCHS", 10)), key="p2_epochs")
+        c1.number_input("Epochs", 1, 10_000, int(parent_train.get("EPOCHS", 10)), key="p2_epochs",
+                        help="Epochs of the phase-2 run.")
         c2.select_slider("Learning rate", LR_CHOICES, value=min(LR_CHOICES, key=lambda v: abs(v - float(parent_train.get("LR", 1e-3)))),
                          key="p2_lr", format_func=lambda v: f"{v:g}")
-        c3.slider("Start probability", 0.0, 1.0, 0.0, 0.05, key="p2_p0")
-        c4.slider("End probability", 0.0, 1.0, 1.0, 0.05, key="p2_p1")
-        c5.number_input("Ramp ends at epoch", 0, 10_000, max(int(parent_train.get("EPOCHS", 10)) // 2, 1), key="p2_e1")
+        c3.slider("Start p", 0.0, 1.0, 0.0, 0.05, key="p2_p0",
+                  help="Probability that a null label counts in the loss at the start of phase 2.")
+        c4.slider("End p", 0.0, 1.0, 1.0, 0.05, key="p2_p1", help="... and at the end of the ramp.")
+        c5.number_input("Ramp end (epoch)", 0, 10_000, max(int(parent_train.get("EPOCHS", 10)) // 2, 1), key="p2_e1",
+                        help="Phase-2 epochs until the end probability is reached.")
         st.button("Continue as phase 2", icon=":material/fast_forward:", on_click=start_phase2, args=(run_id,),
                   key="tr_phase2")
+if run["status"] in RESUMABLE:
+    has_ckpt = checkpoint_path(store, run_id).is_file()
+    st.button("Resume this run", icon=":material/restart_alt:", on_click=resume, args=(run_id,), key="tr_resume",
+              help=("Continue from the last checkpoint, in the same run, up to its configured epochs." if has_ckpt
+                    else "No checkpoint was saved: the run starts again from its first epoch."))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -193,9 +215,8 @@ def run_view(store_path: str, run_id: str, version: tuple):
     The live panel reruns every second; with nothing new in the store it reuses these (read-only).
     """
     store = sh.store_at(store_path)
-    config = store.run(run_id)["config"]
     wide = store.metrics_wide([run_id])
-    ranks = sh.run_ranks(config, wide.columns)
+    ranks = store.run_ranks(run_id)
     if wide.empty:
         return wide, ranks, {}
     wide = wide.sort_values("epoch").reset_index(drop=True)
@@ -205,9 +226,22 @@ def run_view(store_path: str, run_id: str, version: tuple):
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def tau_figure(store_path: str, run_id: str, epoch: int, version: tuple, ranks: tuple, best: tuple):
+def tau_view(store_path: str, run_id: str, epoch: int, version: tuple, ranks: tuple, best: tuple):
+    """The threshold curves of one stored (0-based) epoch and the best-τ table; ``(None, None)`` without curves."""
     curves = sh.store_at(store_path).curves(run_id, epoch=epoch)
-    return None if curves.empty else plots.threshold_curves(curves, dict(best), ranks=list(ranks))
+    if curves.empty:
+        return None, None
+    table = plots.best_tau_table(curves, list(ranks))
+    return plots.threshold_curves(curves, dict(best), ranks=list(ranks)), table
+
+
+DELTA_VS = "vs previous epoch"
+TAU_TABLE_COLUMNS = {  # st.column_config per best_tau_table column; others are shown as they are
+    "rank": st.column_config.TextColumn("rank"),
+    "by": st.column_config.TextColumn("best by", help="The curve whose maximum picks τ."),
+    "tau": st.column_config.NumberColumn("best τ", format="%.2f"),
+    **{name: st.column_config.NumberColumn(label, format="%.3f") for name, label in plots.CURVE_LABELS.items()},
+}
 
 
 def live_panel(run_id: str, active: bool) -> None:
@@ -229,7 +263,7 @@ def live_panel(run_id: str, active: bool) -> None:
         head, stop = st.columns([5, 1], vertical_alignment="center")
         parent = f" · phase 2 of `{run['parent_id']}`" if run.get("parent_id") else ""
         age = time.time() - float(run["updated"])
-        head.markdown(f"{sh.status_badge(run['status'])} **{run['name']}** `{run_id}`{parent} · "
+        head.markdown(f"{sh.status_badge(run['status'])} **{sh.md_escape(run['name'])}** `{run_id}`{parent} · "
                       f"{sh.describe_data(config['DATA'])} · updated {age:,.0f} s ago")
         if run["status"] in ACTIVE:
             stop.button("Stop", icon=":material/stop_circle:", key="tr_stop", on_click=request_stop, args=(run_id,),
@@ -248,7 +282,7 @@ def live_panel(run_id: str, active: bool) -> None:
             import json
 
             for check, message in json.loads(health).items():
-                st.warning(f"Health check **{check}**: {message}", icon=":material/warning:")
+                st.warning(sh.md_escape(explain(check, message)), icon=":material/warning:")
 
         if wide.empty:
             if run["status"] in ACTIVE:
@@ -262,22 +296,29 @@ def live_panel(run_id: str, active: bool) -> None:
         last = wide.iloc[-1]
         prev = wide.iloc[-2] if len(wide) > 1 else None
 
-        def metric(col, label, key, fmt="{:.3f}", help=None):
+        def metric(col, label, key, digits=3, unit="", help="", colour="normal"):
+            """The latest epoch's value; the arrow is the change vs the previous epoch, shown only when it
+            is non-zero at the displayed precision. ``colour``: "normal" (up is good), "inverse" (losses,
+            times: up is bad), "off" (neither)."""
             value = last.get(key)
+            help = f"{help} The arrow: change {DELTA_VS}.".strip()
             if value is None or value != value:
                 col.metric(label, "–", help=help)
                 return
-            delta = None if prev is None or key not in prev else float(value) - float(prev[key])
-            col.metric(label, fmt.format(value), None if delta is None or delta != delta else f"{delta:+.3f}",
-                       help=help, delta_color="inverse" if "loss" in key else "normal")
+            before = None if prev is None else prev.get(key)
+            change = None if before is None or before != before else float(value) - float(before)
+            delta = None if change is None or round(change, digits) == 0 else f"{change:+.{digits}f}{unit}"
+            col.metric(label, f"{value:.{digits}f}{unit}", delta, help=help, delta_color=colour,
+                       delta_description=DELTA_VS if delta else None)
 
+        st.caption(f"At epoch {int(plots.display_epoch(last['epoch']))} of {epochs}.")
         cols = st.columns(5)
-        metric(cols[0], "val partial-chain acc", "core/val_partial_chain_acc", help=sh.METRIC_HELP["partial"])
-        metric(cols[1], "val chain acc", "core/val_chain_acc", help=sh.METRIC_HELP["chain"])
-        metric(cols[2], "val loss", "core/val_loss")
-        metric(cols[3], "null inclusion p", "schedule/null_inclusion_prob", "{:.2f}",
+        metric(cols[0], "val partial-chain acc", N.VAL_PARTIAL_CHAIN_ACC, help=sh.METRIC_HELP["partial"])
+        metric(cols[1], "val chain acc", N.VAL_CHAIN_ACC, help=sh.METRIC_HELP["chain"])
+        metric(cols[2], "val loss", N.VAL_LOSS, colour="inverse")
+        metric(cols[3], "null inclusion p", N.NULL_INCLUSION_PROB, 2, colour="off",
                help="Mean probability over the epoch's batches that a null label counted in the loss.")
-        metric(cols[4], "epoch time", "time/epoch_seconds", "{:.2f} s")
+        metric(cols[4], "epoch time", N.EPOCH_SECONDS, 2, " s", colour="inverse")
 
         c1, c2 = st.columns(2)
         with c1:
@@ -291,18 +332,28 @@ def live_panel(run_id: str, active: bool) -> None:
             st.plotly_chart(figures["rank"], key="live_rank")
             st.caption(sh.METRIC_HELP["rank"])
         with c2:
-            shown = int(last["epoch"])
+            # the slider shows 1-based epochs (as the charts and the progress bar); the store's are 0-based
+            latest = int(plots.display_epoch(last["epoch"]))
+            shown = latest
             if len(wide) > 1:
-                shown = st.slider("Threshold curves at epoch", int(wide["epoch"].min()), shown, shown,
-                                  help="Follows the latest epoch while the run is live.")
-            row = wide[wide["epoch"] == shown].iloc[0]
-            best = tuple((r, float(row[f"val/best_tau/{r}"])) for r in ranks if f"val/best_tau/{r}" in row)
-            fig = tau_figure(str(store.path), run_id, shown, version, tuple(ranks), best)
+                shown = st.slider("Threshold curves at epoch", int(plots.display_epoch(wide["epoch"].min())), latest,
+                                  latest, help="Follows the latest epoch while the run is live.")
+            stored = shown - plots.EPOCH_OFFSET
+            row = wide[wide["epoch"] == stored].iloc[0]
+            best = tuple((r, float(row[N.best_tau(r)])) for r in ranks if N.best_tau(r) in row)
+            fig, table = tau_view(str(store.path), run_id, stored, version, tuple(ranks), best)
             if fig is None:
                 st.info(f"No threshold curves stored for epoch {shown}.")
             else:
                 st.plotly_chart(fig, key="live_tau")
                 st.caption(sh.METRIC_HELP["threshold"])
+                st.markdown(f"**Best threshold per rank**, epoch {shown}")
+                first = ["rank", "tau", "accuracy", "coverage", "selective_accuracy"]
+                order = [c for c in first if c in table] + [c for c in table if c not in first and c != "by"]
+                if table["by"].nunique() > 1:  # a multi-label rank picks τ by micro-F1: say which curve
+                    order.append("by")
+                st.dataframe(table, hide_index=True, key="live_tau_table", column_config=TAU_TABLE_COLUMNS,
+                             column_order=order)
 
     panel()
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, start_server, stop_server  # noqa: E402
 
+from workbench import names as N  # noqa: E402
 from workbench.config import Config  # noqa: E402
 from workbench.store import RunStore  # noqa: E402
 
@@ -56,16 +57,16 @@ RUNS_READY_JS = """() => ['.st-key-ru_overlay', '.st-key-ru_scatter']
 def fake_metrics(epoch: int, rng: np.random.Generator, w: float = 0.3) -> dict[str, float]:
     acc = 1 - 0.6 * np.exp(-epoch / 8) - 0.2 * (1 - w) + 0.02 * rng.standard_normal()
     m = {
-        "core/train_loss": 2 * np.exp(-epoch / 10) + 0.3, "core/val_loss": 2 * np.exp(-epoch / 10) + 0.4,
-        "core/train_chain_acc": acc * 0.7, "core/val_chain_acc": acc * 0.65,
-        "core/train_partial_chain_acc": acc, "core/val_partial_chain_acc": acc * 0.97,
-        "schedule/null_inclusion_prob": min(epoch / 10, 1.0), "val/consistency": 0.9, "val/severity": 1.2,
-        "val/hdist@1": 0.4, "time/epoch_seconds": 0.1,
+        N.TRAIN_LOSS: 2 * np.exp(-epoch / 10) + 0.3, N.VAL_LOSS: 2 * np.exp(-epoch / 10) + 0.4,
+        N.TRAIN_CHAIN_ACC: acc * 0.7, N.VAL_CHAIN_ACC: acc * 0.65,
+        N.TRAIN_PARTIAL_CHAIN_ACC: acc, N.VAL_PARTIAL_CHAIN_ACC: acc * 0.97,
+        N.NULL_INCLUSION_PROB: min(epoch / 10, 1.0), N.VAL_CONSISTENCY: 0.9, N.VAL_SEVERITY: 1.2,
+        N.VAL_HDIST: 0.4, N.EPOCH_SECONDS: 0.1,
     }
     for r in RANKS:
-        m[f"val/acc/{r}"], m[f"train/acc/{r}"] = acc, acc + 0.02
-        m[f"val/loss/{r}"], m[f"train/loss/{r}"] = 1 - acc, 0.9 - acc
-        m[f"val/best_tau/{r}"] = 0.4
+        m[N.val_acc(r)], m[N.rank_key("train", N.ACC, r)] = acc, acc + 0.02
+        m[N.rank_key("val", N.LOSS, r)], m[N.rank_key("train", N.LOSS, r)] = 1 - acc, 0.9 - acc
+        m[N.best_tau(r)] = 0.4
     return m
 
 
@@ -155,7 +156,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_idle_cpu(browser, store_path: Path, tmp: Path, flags: list[str], seconds: float) -> dict[str, float]:
+def bench_idle_cpu(browser, store_path: Path, tmp: Path, flags: list[str], seconds: float,
+                   settle: float = 2.0) -> dict[str, float]:
     """Per page: % of one core the server uses over ``seconds`` while one tab sits idle on that page."""
     port = free_port()
     server = start_server(store_path, port, tmp / f"idle{len(flags)}.log", flags)
@@ -165,7 +167,7 @@ def bench_idle_cpu(browser, store_path: Path, tmp: Path, flags: list[str], secon
         for name in IDLE_PAGES:
             page.goto(f"http://127.0.0.1:{port}/{name}")
             page.wait_for_selector("h1", timeout=120_000)
-            time.sleep(2.0)  # let the first render and its charts settle
+            time.sleep(settle)  # let the first render and its charts settle
             c0, t0 = process_cpu_seconds(server.pid), time.monotonic()
             time.sleep(seconds)
             out[name] = 100 * (process_cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
@@ -211,9 +213,9 @@ def main(argv=None) -> int:
                 live = bench_live(page, url, store, live_epochs)
                 fill_s = fill_store(store, n_runs, n_epochs)
                 runs = bench_runs_page(page, url, repeats)
-                idle_s = 3.0 if args.smoke else 10.0
-                idle_before = bench_idle_cpu(browser, store_path, tmp, ["--server.fileWatcherType", "auto"], idle_s)
-                idle_after = bench_idle_cpu(browser, store_path, tmp, [], idle_s)
+                idle_s, settle = (1.0, 1.0) if args.smoke else (10.0, 2.0)
+                idle_before = bench_idle_cpu(browser, store_path, tmp, ["--server.fileWatcherType", "auto"], idle_s, settle)
+                idle_after = bench_idle_cpu(browser, store_path, tmp, [], idle_s, settle)
                 browser.close()
         finally:
             stop_server(server)

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the baselines of the
 from bench_metrics import threshold_curves_naive  # noqa: E402
 from bench_trainer import bare_epoch  # noqa: E402
 
+from workbench import names as N  # noqa: E402
 from workbench.config import Config  # noqa: E402
 from workbench.data import make_synthetic  # noqa: E402
 from workbench.metrics import (  # noqa: E402
@@ -199,11 +200,11 @@ def bench_trainer(n: int, features: int, hidden: list[int], batch_sizes: list[in
 # ---------------------------------------------------------------------- (d) run store
 RANKS = ("order", "family", "genus")
 METRIC_KEYS = (
-    ["core/train_loss", "core/val_loss", "core/train_chain_acc", "core/val_chain_acc", "core/train_partial_chain_acc",
-     "core/val_partial_chain_acc", "schedule/null_inclusion_prob", "time/epoch_seconds", "val/consistency",
-     "val/severity", "val/hdist@1", "health/nonfinite_loss", "health/collapsed_embeddings", "health/empty_sets",
-     "health/constant_predictions"]
-    + [f"{s}/{m}/{r}" for r in RANKS for s, m in (("train", "acc"), ("train", "loss"), ("val", "acc"),
+    [N.TRAIN_LOSS, N.VAL_LOSS, N.TRAIN_CHAIN_ACC, N.VAL_CHAIN_ACC, N.TRAIN_PARTIAL_CHAIN_ACC,
+     N.VAL_PARTIAL_CHAIN_ACC, N.NULL_INCLUSION_PROB, N.EPOCH_SECONDS, N.VAL_CONSISTENCY,
+     N.VAL_SEVERITY, N.VAL_HDIST, *(N.HEALTH_PREFIX + c for c in ("nonfinite_loss", "collapsed_embeddings", "empty_sets",
+                                                                  "constant_predictions"))]
+    + [N.rank_key(s, m, r) for r in RANKS for s, m in (("train", "acc"), ("train", "loss"), ("val", "acc"),
                                                   ("val", "loss"), ("val", "best_tau"))]
 )  # 30 keys
 

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from workbench import metrics as M
+from workbench import names as N
 from workbench import plots
 from workbench.config import Config
 from workbench.data import load_ratdat
@@ -119,7 +120,7 @@ print(status, run_id, f"train {len(trainer.train_ds)} / val {len(trainer.val_ds)
 # %%
 ranks = list(ds.taxonomy.ranks)
 history = store.metrics_wide([run_id])
-history[["epoch", "core/val_chain_acc", "core/val_partial_chain_acc", *[f"val/acc/{r}" for r in ranks]]].round(4)
+history[["epoch", N.VAL_CHAIN_ACC, N.VAL_PARTIAL_CHAIN_ACC, *[N.val_acc(r) for r in ranks]]].round(4)
 
 # %%
 plots.chain_vs_partial(history).show()

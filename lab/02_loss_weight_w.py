@@ -37,6 +37,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from workbench import names as N
 from workbench import plots
 from workbench.config import Config
 from workbench.data import load_olive, make_synthetic
@@ -141,9 +142,9 @@ for i, (name, (ds, _)) in enumerate(DATASETS.items(), start=1):
     for j, head in enumerate(HEADS, start=1):
         s = summaries[name][summaries[name]["MODEL.HEAD"] == head].sort_values("LOSS.W")
         x = s["LOSS.W"].to_numpy(dtype=float)
-        series = [(f"val/acc/{ds.taxonomy.ranks[0]}", "coarse rank", plots.PALETTE[0], "solid"),
-                  (f"val/acc/{ds.taxonomy.ranks[1]}", "fine rank", plots.PALETTE[1], "solid"),
-                  ("core/val_chain_acc", "chain", plots.PALETTE[2], "dot")]
+        series = [(N.val_acc(ds.taxonomy.ranks[0]), "coarse rank", plots.PALETTE[0], "solid"),
+                  (N.val_acc(ds.taxonomy.ranks[1]), "fine rank", plots.PALETTE[1], "solid"),
+                  (N.VAL_CHAIN_ACC, "chain", plots.PALETTE[2], "dot")]
         for key, label, colour, dash in series:
             band(fig, x, s[f"{key} mean"].to_numpy(), s[f"{key} std"].fillna(0).to_numpy(), colour, label,
                  i, j, dash, show=(i, j) == (1, 1))
@@ -166,11 +167,11 @@ fig.show()
 # %%
 rows = []
 for name, (ds, _) in DATASETS.items():
-    coarse, fine = (f"val/acc/{r}" for r in ds.taxonomy.ranks)
+    coarse, fine = (N.val_acc(r) for r in ds.taxonomy.ranks)
     for head in HEADS:
         s = summaries[name][summaries[name]["MODEL.HEAD"] == head].set_index("LOSS.W")
         mid = s.loc[[w for w in s.index if 0.2 - 1e-9 <= w <= 0.4 + 1e-9]]
-        for label, key in (("coarse", coarse), ("fine", fine), ("chain", "core/val_chain_acc")):
+        for label, key in (("coarse", coarse), ("fine", fine), ("chain", N.VAL_CHAIN_ACC)):
             m = s[f"{key} mean"]
             rows.append({
                 "dataset": name, "head": head, "rank": label,

@@ -52,7 +52,9 @@ from workbench import metrics as M
 from workbench import plots
 from workbench.config import Config
 from workbench.data import load_dataset, make_synthetic
+from workbench.launch import phase2_config
 from workbench.masking import NullMaskSchedule
+from workbench.names import NULL_INCLUSION_PROB, VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC, val_acc
 from workbench.store import RunStore
 from workbench.trainer import Trainer
 
@@ -130,17 +132,29 @@ def train(dataset: str, name: str, seed: int, **overrides) -> Trainer:
         "TRAIN": {"BATCH_SIZE": 128, "LR": 0.003, "DEVICE": "cpu", "NUM_THREADS": 1, "SEED": seed},
         "TRACKING": {"STORE": str(store.path), "RUN_NAME": f"{dataset}-{name}-s{seed}"},
     }).with_overrides(overrides)
+    return fit(cfg, dataset)
+
+
+def fit(cfg: Config, dataset: str) -> Trainer:
     trainer = Trainer(cfg, store=store, dataset=datasets[dataset], progress=False)
     trainer.fit()
     return trainer
+
+
+def phase2(dataset: str, parent: Trainer, seed: int) -> Trainer:
+    """Phase 2 as the dashboard's "Continue as phase 2" makes it (`launch.phase2_config`: the parent's config,
+    `TRAIN.INIT_FROM` = the parent, nulls counted again), with this notebook's ramp."""
+    cfg = phase2_config(store.run(parent.run_id), {
+        "TRAIN.EPOCHS": E2, "TRACKING.RUN_NAME": f"{dataset}-phase2-s{seed}",
+        **{f"SCHEDULE.NULL_MASKING.{k}": v for k, v in ramp.items()}})
+    return fit(cfg, dataset)
 
 
 models, lineage = {}, []
 for dataset in DATA:
     for seed in range(SEEDS):
         p1 = train(dataset, "phase1", seed, **{"TRAIN.EPOCHS": E1, "TRAIN.PHASE1_MASK_NULL_LOSS": True})
-        p2 = train(dataset, "phase2", seed, **{"TRAIN.EPOCHS": E2, "TRAIN.INIT_FROM": p1.run_id,
-                                               **{f"SCHEDULE.NULL_MASKING.{k}": v for k, v in ramp.items()}})
+        p2 = phase2(dataset, p1, seed)
         p1_long = train(dataset, "phase1-only", seed, **{"TRAIN.EPOCHS": E1 + E2, "TRAIN.PHASE1_MASK_NULL_LOSS": True})
         nulls = train(dataset, "nulls-from-start", seed, **{"TRAIN.EPOCHS": E1 + E2, "SCHEDULE.NULL_MASKING.ENABLED": False})
         lineage += [(dataset, seed, "phase 1 → phase 2", p1.run_id, 0), (dataset, seed, "phase 1 → phase 2", p2.run_id, E1),
@@ -159,8 +173,7 @@ print("phase 2 parent:", store.run(p2.run_id)["parent_id"], "== phase 1 run", p1
 # that never predicts null.
 
 # %%
-keys = ["core/val_chain_acc", "core/val_partial_chain_acc", "schedule/null_inclusion_prob",
-        *[f"val/acc/{r}" for r in ranks]]
+keys = [VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC, NULL_INCLUSION_PROB, *[val_acc(r) for r in ranks]]
 frames = []
 for dataset, seed, strategy, run_id, offset in lineage:
     h = store.metrics_wide([run_id])
@@ -170,7 +183,7 @@ mean = timeline.groupby(["dataset", "strategy", "step"])[keys].mean().reset_inde
 
 colours = {"phase 1 → phase 2": plots.PARTIAL_COLOUR, "phase 1 only": plots.PALETTE[2],
            "nulls from the start": plots.CHAIN_COLOUR}
-panels = [("core/val_chain_acc", "chain acc"), ("core/val_partial_chain_acc", "partial-chain acc")]
+panels = [(VAL_CHAIN_ACC, "chain acc"), (VAL_PARTIAL_CHAIN_ACC, "partial-chain acc")]
 fig = make_subplots(rows=1, cols=4, horizontal_spacing=0.05, shared_yaxes=True,
                     subplot_titles=[f"{d}: {label}" for d in DATA for _, label in panels])
 for i, dataset in enumerate(DATA):

@@ -37,6 +37,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from workbench import metrics as M
+from workbench import names as N
 from workbench import plots
 from workbench.config import Config
 from workbench.data import load_dataset
@@ -80,7 +81,7 @@ trainer = Trainer(cfg, store=store, dataset=ds, progress=False)
 trainer.fit()
 history = store.metrics_wide([trainer.run_id])
 last = history.iloc[-1]
-print("logged best tau per rank:", {r: round(float(last[f"val/best_tau/{r}"]), 3) for r in ranks})
+print("logged best tau per rank:", {r: round(float(last[N.best_tau(r)]), 3) for r in ranks})
 plots.rank_accuracy(history, ranks).show()
 
 # %% [markdown]
@@ -184,7 +185,7 @@ stored = stored[stored["rank"] == ranks[ML]].pivot(index="tau", columns="curve",
 for name in M.MULTILABEL_CURVE_NAMES:
     np.testing.assert_allclose(stored[name].to_numpy(), c[name], rtol=0, atol=1e-9, equal_nan=True,
                                err_msg=f"stored {name} curve != labelled-rows curve")
-assert abs(float(last[f"val/best_tau/{ranks[ML]}"]) - choice.loc[choice["chosen by"] == "micro_f1", "tau"].iloc[0]) < 1e-9
+assert abs(float(last[N.best_tau(ranks[ML])]) - choice.loc[choice["chosen by"] == "micro_f1", "tau"].iloc[0]) < 1e-9
 all_rows_t = {"tau": curves[ML]["tau"], **M.multilabel_curves(probs[ML], val_multi, curves[ML]["tau"])}  # every row
 all_rows = {k: v.numpy() for k, v in all_rows_t.items()}
 print(f"stored curves of epoch {final_epoch} == labelled-rows curves; logged best tau (micro-F1) "
@@ -214,22 +215,22 @@ compare.loc[[0.1, 0.3, 0.5, 0.7, 0.9, 1.0]].round(3)
 preds = trainer.predict_classes(logits)
 assert torch.equal(preds[:, ML], logits[ML][:, 1:].argmax(dim=1) + 1)  # real classes at the BCE rank
 recomputed = {
-    f"val/acc/{ranks[ML]}": float(M.rank_accuracy(preds, y)[ML]),
-    "core/val_chain_acc": float(M.chain_accuracy(preds, y)),
-    "core/val_partial_chain_acc": float(M.partial_chain_accuracy(preds, y)),
+    N.val_acc(ranks[ML]): float(M.rank_accuracy(preds, y)[ML]),
+    N.VAL_CHAIN_ACC: float(M.chain_accuracy(preds, y)),
+    N.VAL_PARTIAL_CHAIN_ACC: float(M.partial_chain_accuracy(preds, y)),
 }
 for key, value in recomputed.items():
     assert abs(float(last[key]) - value) < 1e-6, (key, float(last[key]), value)
 argmax_all = logits[ML].argmax(dim=1)
 pd.Series({
-    f"logged val/acc/{ranks[ML]} (= argmax over the real classes, labelled rows)": float(last[f"val/acc/{ranks[ML]}"]),
+    f"logged val/acc/{ranks[ML]} (= argmax over the real classes, labelled rows)": float(last[N.val_acc(ranks[ML])]),
     "argmax over the real classes: is one of the positives": float(val_multi[keep].gather(1, preds[keep, ML, None]).mean()),
     "argmax over all K + 1 outputs would predict null (labelled rows)": float((argmax_all[keep] == 0).float().mean()),
     "argmax over all K + 1 outputs: accuracy (labelled rows)": float((argmax_all[keep] == y[keep, ML]).float().mean()),
-    "logged core/val_chain_acc": float(last["core/val_chain_acc"]),
+    "logged core/val_chain_acc": float(last[N.VAL_CHAIN_ACC]),
     f"  rows labelled at {ranks[ML]} (the ceiling of chain accuracy: a BCE rank never predicts null)": float(keep.float().mean()),
     f"  chain accuracy over the rows labelled at {ranks[ML]}": float(M.chain_accuracy(preds[keep], y[keep])),
-    "logged core/val_partial_chain_acc": float(last["core/val_partial_chain_acc"]),
+    "logged core/val_partial_chain_acc": float(last[N.VAL_PARTIAL_CHAIN_ACC]),
 }).round(3)
 
 # %% [markdown]

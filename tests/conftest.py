@@ -21,6 +21,27 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+# Tests never touch the user's default store (runs/workbench.db): the app, the launchers and the sweep
+# driver fall back to $WORKBENCH_STORE, so it points into a temp folder for the whole session, and
+# pytest_sessionfinish fails the session if the default store was created or changed anyway.
+from workbench.names import DEFAULT_STORE as _DEFAULT_STORE, STORE_ENV  # noqa: E402 (stdlib only: no heavy import)
+
+DEFAULT_STORE = REPO / _DEFAULT_STORE
+os.environ[STORE_ENV] = str(Path(tempfile.mkdtemp(prefix="wbstore-")) / "workbench.db")
+
+
+def _stat(path: Path):
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else None
+
+
+_DEFAULT_STORE_BEFORE = _stat(DEFAULT_STORE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _stat(DEFAULT_STORE) != _DEFAULT_STORE_BEFORE:
+        print(f"\nerror: a test created or changed the default store {DEFAULT_STORE}; tests must use their own")
+        session.exitstatus = 1
+
 
 def free_port() -> int:
     with socket.socket() as s:

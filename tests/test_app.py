@@ -49,9 +49,12 @@ def tiny_config(store_path: Path, **overrides) -> Config:
     return Config().with_overrides({**base, **overrides})
 
 
-def app(page: str | None = None, **state) -> AppTest:
-    """The app, run once on its default (Data) page, then switched to ``page`` with ``state`` preset."""
+def app(page: str | None = None, run: str | None = None, **state) -> AppTest:
+    """The app, run once on its default (Data) page, then switched to ``page`` with ``state`` preset
+    (``run``: the ``?run=`` query parameter the Train page follows)."""
     at = AppTest.from_file(str(APP), default_timeout=60)
+    if run:
+        at.query_params["run"] = run
     for key, value in state.items():
         at.session_state[key] = value
     at.run()
@@ -159,13 +162,14 @@ def test_upload_maps_columns_and_loads(store_path):
     assert data["NAME"] == "file" and data["RANKS"] == ["order", "family"] and data["FEATURES"] == ["x1", "x2"]
     saved = Path(data["PATH"])
     uploads = (store_path.parent / "uploads").resolve()
-    assert saved.parent == uploads and saved.is_file() and saved.name.endswith("-x.csv")
+    # the content hash names the folder; the file keeps the uploaded name
+    assert saved.parent.parent == uploads and saved.is_file() and saved.name == "x.csv"
     assert {m.label: m.value for m in at.metric}["Samples"] == "20"
     assert {m.label: m.value for m in at.metric}["Ranks"] == "order > family"
 
 
 @pytest.mark.parametrize("content, features, message", [
-    ("order,family,x1\nA,a1,0.1\nA,a2,oops\n", ["x1"], "column 'x1', row 1: expected a finite number, got 'oops'"),
+    ("order,family,x1\nA,a1,0.1\nA,a2,oops\n", ["x1"], "column 'x1', row 3 (spreadsheet row numbers, header = row 1): expected a finite number, got 'oops'"),
     ("order,family,x1\nA,a1,0.1\nB,a1,0.2\n", None, "'a1'"),  # a1 under two orders: the taxonomy's message
     ("order,family\nA,a1\n", None, "no feature columns found"),
     ("", None, "file is empty"),
@@ -190,7 +194,7 @@ def test_upload_path_cannot_escape_folder(tmp_path):
 
     for name in ("../../etc/passwd.csv", "..\\..\\evil.parquet", "/abs/path/.hidden.csv", "a b;rm -rf.csv"):
         p = safe_upload_path(tmp_path / "uploads", name, b"x")
-        assert p.parent == (tmp_path / "uploads").resolve()
+        assert p.parent.parent == (tmp_path / "uploads").resolve()
         assert ".." not in p.name and "/" not in p.name and not p.name.startswith(".")
     with pytest.raises(DataError, match="unsupported file type"):
         safe_upload_path(tmp_path, "run.sh", b"x")
@@ -212,7 +216,7 @@ def test_schedule_preview_follows_form(store_path):
     at.number_input(key="tr_e1").set_value(4).run()
     at.slider(key="tr_p0").set_value(0.2).run()
     per_epoch = traces(charts(at)["schedule_preview"])["epoch mean (logged)"]
-    assert list(values(per_epoch["x"])) == list(range(8))
+    assert list(values(per_epoch["x"])) == [e + 0.5 for e in range(8)]  # the middle of each epoch's span
     assert values(per_epoch["y"])[-1] == pytest.approx(1.0) and values(per_epoch["y"])[0] > 0.2
     at.number_input(key="tr_e0").set_value(6).run()  # the ramp starts after it ends: the schedule's message
     assert "START_EPOCH" in at.error[0].value and not at.exception
@@ -267,7 +271,7 @@ def test_start_watch_and_continue_as_phase2(store_path):
     assert {"live_loss", "live_chain", "live_rank", "live_tau"} <= set(specs)
     chain = traces(specs["live_chain"])
     assert set(chain) == {"train chain", "val chain", "train partial-chain", "val partial-chain"}
-    assert list(values(chain["val partial-chain"]["x"])) == [0, 1]
+    assert list(values(chain["val partial-chain"]["x"])) == [1, 2]  # displayed epochs are 1-based
     np.testing.assert_allclose(values(chain["val partial-chain"]["y"]), wide["core/val_partial_chain_acc"])
     rank_traces = traces(specs["live_rank"])
     assert {"val level0", "val level1", "val level2"} <= set(rank_traces)
@@ -279,7 +283,7 @@ def test_start_watch_and_continue_as_phase2(store_path):
     metric = {m.label: m.value for m in at.metric}
     assert metric["val partial-chain acc"] == f"{wide['core/val_partial_chain_acc'].iloc[-1]:.3f}"
     # the threshold slider picks an earlier epoch's curves
-    at.slider[-1].set_value(0).run()
+    at.slider[-1].set_value(1).run()
     assert not at.exception
 
     # continue as phase 2

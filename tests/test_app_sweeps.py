@@ -11,6 +11,7 @@ from test_app import app, charts, store_path, texts, values  # noqa: F401  (shar
 from workbench.config import Config, ConfigError
 from workbench.launch import launch_sweep, log_path
 from workbench.store import RunStore
+from workbench.sweep import read_sweep_status
 
 
 def fake_sweep(store: RunStore, sweep_id: str = "sweep-test", epochs: int = 3) -> list[str]:
@@ -39,7 +40,8 @@ def test_sweeps_page_shows_trials_chart_and_a_trial(store_path):
     ids = fake_sweep(store)
     at = app("sweeps")
     assert not at.exception
-    table = at.dataframe[0].value
+    listing, table = (d.value for d in at.dataframe)  # all sweeps, then the chosen sweep's trials
+    assert listing.index.tolist() == ["sweep-test"] and listing["status"].tolist() == ["finished"]
     assert sorted(table.index) == sorted(ids)
     spec = charts(at)["sweep_acc"]
     by_name = {}
@@ -58,6 +60,7 @@ def test_launch_sweep_validates_before_starting(store_path):
     with pytest.raises(ConfigError, match=r"`LOSS.W` must be in \[0, 1\], got 1.5"):
         launch_sweep(cfg, {"LOSS.W": [0.5, 1.5]}, store_path=store_path)
     assert RunStore(store_path).runs().empty and not (store_path.parent / "logs").exists()
+    assert not (store_path.parent / "sweeps").exists()  # no status record either
 
 
 @pytest.mark.slow
@@ -83,5 +86,10 @@ def test_start_sweep_from_the_form_runs_trials_into_the_store(store_path):
     else:
         pytest.fail("sweep did not finish; log:\n" + log_path(store, sweep_id).read_text()[-3000:])
     assert sorted(store.runs(sweep_id=sweep_id, with_config=True)["LOSS.W"]) == [0.3, 0.7]
+    deadline = time.monotonic() + 60  # the driver writes the results table, then records the end
+    while read_sweep_status(store_path, sweep_id)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert read_sweep_status(store_path, sweep_id)["status"] == "finished"
     at.run()
     assert not at.exception and "sweep_acc" in charts(at)
+    assert at.dataframe[0].value.loc[sweep_id, "status"] == "finished"

@@ -20,6 +20,7 @@ EXPECTED = {  # a line each script prints with its result table
     "bench_sweep.py": "speed-up",
     "bench_scaling.py": "load average",
     "bench_app.py": "Runs page",
+    "bench_cli.py": "x torch import",
 }
 
 

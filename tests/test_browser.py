@@ -234,3 +234,79 @@ def test_server_restart_while_a_run_trains_picks_the_run_up_again(tmp_path):
     finally:
         stop_server(server)
         stop_run(run_id, store_path, force=True)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+INLINE_SCHEMES = ("data", "blob", "about")  # loaded from the page itself, not fetched
+
+
+def test_nothing_is_fetched_from_outside(server):
+    """The dashboard works offline: every request and websocket of the Data, Train, Runs and Sweeps
+    pages goes to the local server (no favicon from fonts.gstatic.com, no web font, no CDN), and the
+    favicon is inline. Also: the class-count bars get a readable plot area (not a 50 px sliver)."""
+    from urllib.parse import urlsplit
+
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    fetched: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.on("request", lambda request: fetched.append(request.url))
+            page.on("websocket", lambda ws: fetched.append(ws.url))
+            page.goto(f"{url}/")
+            page.wait_for_selector(".st-key-sunburst .js-plotly-plot svg.main-svg")
+            page.get_by_role("tab", name="Class counts").click()
+            page.wait_for_selector(".st-key-class_counts .js-plotly-plot svg.main-svg")
+            bars, plot_h = page.evaluate("""() => { const g = document.querySelector('.st-key-class_counts .js-plotly-plot');
+                return [g._fullData[0].y.length, g._fullLayout._size.h]; }""")
+            assert plot_h >= 15 * bars, f"{bars} bars in a plot area {plot_h} px high"
+            for title in ("Train", "Runs", "Sweeps"):
+                sidebar(page, title)
+                page.get_by_role("heading", name=title).first.wait_for()  # the Sweeps title has an icon
+            page.wait_for_timeout(1000)  # late fetches (favicons, fonts) have had their chance
+            favicon = page.evaluate("() => document.querySelector(\"link[rel='shortcut icon']\").href")
+        finally:
+            browser.close()
+    outside = [u for u in fetched
+               if urlsplit(u).scheme not in INLINE_SCHEMES and urlsplit(u).hostname not in LOCAL_HOSTS]
+    assert not outside, f"fetched from outside {LOCAL_HOSTS}: {sorted(set(outside))}"
+    assert any(urlsplit(u).hostname in LOCAL_HOSTS for u in fetched), "no request was recorded at all"
+    assert favicon.startswith("data:image/svg+xml"), f"favicon {favicon[:100]!r} is not inline"
+
+
+def test_enter_in_the_sweeps_form_does_not_start_a_sweep(server):
+    """Enter in a text field of the Sweeps form used to submit it: each Enter started one more sweep,
+    each with its own Ray instance. Now only the Start button starts one."""
+    from playwright.sync_api import sync_playwright
+
+    from workbench.launch import active_sweeps, stop_sweep
+    from workbench.sweep import read_sweep_status, sweep_ids_with_records
+
+    url, store_path = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/sweeps")
+            field = page.locator(".st-key-sw_w input")
+            field.fill("0.2, 0.8")
+            field.press("Enter")
+            page.wait_for_timeout(3000)  # a submitted form reruns and launches within this
+            assert not sweep_ids_with_records(store_path) and not (store_path.parent / "logs").exists()
+            assert "Started sweep" not in page.inner_text("body")
+            assert field.input_value() == "0.2, 0.8"  # the form is still there, with what was typed
+
+            # the button does start one: Enter was the only thing that must not
+            page.get_by_role("button", name="Start sweep").click()
+            page.get_by_text("Started sweep").wait_for()
+            started = sweep_ids_with_records(store_path)
+            assert len(started) == 1 and read_sweep_status(store_path, started[0])["grid"]["LOSS.W"] == [0.2, 0.8]
+        finally:
+            browser.close()
+            for record in active_sweeps(RunStore(store_path)):
+                stop_sweep(record["id"], store_path)

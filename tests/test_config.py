@@ -172,3 +172,56 @@ def test_override_into_a_value_is_an_error():
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------------- every field of a kind (new fields included)
+def _leaves(kind: type) -> list[str]:
+    """The flat keys whose default is a ``kind`` (bool is not counted as int or float)."""
+    return [k for k, v in Config().flat().items() if type(v) is kind]
+
+
+def test_the_field_lists_cover_the_config():
+    assert "TRAIN.WEIGHT_DECAY" in _leaves(float) and "TRAIN.SEED" in _leaves(int) and "LOSS.MULTILABEL" in _leaves(bool)
+
+
+@pytest.mark.parametrize("value, shown", [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")])
+def test_every_float_field_refuses_non_finite_values(value, shown):
+    for key in _leaves(float) + _leaves(int):
+        msg = error_of({key: value})
+        assert msg == f"overrides: `{key}` must be a finite number, got {shown}", key
+
+
+def test_every_number_field_refuses_booleans():
+    for key in _leaves(float):
+        assert error_of({key: True}) == f"overrides: `{key}` must be a number, got true"
+    for key in _leaves(int):
+        assert error_of({key: False}) == f"overrides: `{key}` must be an integer, got false"
+
+
+@pytest.mark.parametrize("value, shown", [(1, "1"), (0, "0"), ("yes", "'yes'"), ("false", "'false'")])
+def test_every_flag_refuses_non_booleans(value, shown):
+    for key in _leaves(bool):
+        assert error_of({key: value}) == f"overrides: `{key}` must be true or false, got {shown}"
+
+
+def test_number_fields_still_take_ints_and_yaml_1_1_exponents():
+    """`LR: 1e-3` is a string to YAML 1.1 (no dot): still read as 0.001; an int is a valid float."""
+    cfg = Config().with_overrides(["TRAIN.LR=1e-3", "LOSS.W=1", "TRAIN.EPOCHS=3.0"])
+    assert cfg.TRAIN.LR == 0.001 and cfg.LOSS.W == 1.0 and cfg.TRAIN.EPOCHS == 3
+
+
+def test_from_dict_applies_the_same_rules():
+    data = Config().to_dict()
+    data["TRAIN"]["WEIGHT_DECAY"] = float("nan")
+    with pytest.raises(ConfigError, match=r"^run x: `TRAIN.WEIGHT_DECAY` must be a finite number, got nan$"):
+        Config.from_dict(data, source="run x")
+
+
+def test_load_yaml_names_the_source_and_refuses_repeats():
+    from workbench.config import load_yaml
+
+    assert load_yaml("a: 1\nb: [1, 2]\n", "x.yaml") == {"a": 1, "b": [1, 2]}
+    with pytest.raises(ConfigError, match=r"^x.yaml: `a` is given twice, at lines 1 and 3;"):
+        load_yaml("a: 1\nb: 2\na: 3\n", "x.yaml")
+    with pytest.raises(ConfigError, match=r"^x.yaml: not valid YAML at line 2, column 1: .* starts at line 1, column 4\)$"):
+        load_yaml("a: [1\n", "x.yaml")

@@ -317,7 +317,7 @@ def test_non_numeric_feature_names_row_and_column(tmp_path):
     with pytest.raises(DataError) as e:
         _load(path)
     msg = _msg(e)
-    assert str(path) in msg and "'x2'" in msg and "row 1" in msg and "abc" in msg
+    assert str(path) in msg and "'x2'" in msg and "row 3 (spreadsheet row numbers, header = row 1)" in msg and "abc" in msg
 
 
 def test_nan_feature_names_row_and_column(tmp_path):
@@ -326,7 +326,7 @@ def test_nan_feature_names_row_and_column(tmp_path):
     with pytest.raises(DataError) as e:
         _load(path)
     msg = _msg(e)
-    assert str(path) in msg and "'x1'" in msg and "row 2" in msg
+    assert str(path) in msg and "'x1'" in msg and "row 4 (spreadsheet row numbers, header = row 1)" in msg
 
 
 def test_nan_feature_in_parquet(tmp_path):
@@ -335,7 +335,7 @@ def test_nan_feature_in_parquet(tmp_path):
     path = _write(df, tmp_path / "nan.parquet")
     with pytest.raises(DataError) as e:
         _load(path)
-    assert str(path) in _msg(e) and "'x2'" in _msg(e) and "row 3" in _msg(e)
+    assert str(path) in _msg(e) and "'x2'" in _msg(e) and "row 5 (spreadsheet row numbers, header = row 1)" in _msg(e)
 
 
 def test_all_labels_null(tmp_path):
@@ -354,7 +354,7 @@ def test_inconsistent_parents_name_both(tmp_path):
     msg = _msg(e)
     assert path.name in msg
     assert "'a1'" in msg and "'A'" in msg and "'B'" in msg
-    assert "row 4" in msg
+    assert "family 'A' in row 2; family 'B' in row 6" in msg and "(spreadsheet row numbers, header = row 1)" in msg
 
 
 def test_duplicate_header(tmp_path):
@@ -373,7 +373,7 @@ def test_non_utf8_bytes(tmp_path):
         _load(path)
     msg = _msg(e)
     assert str(path) in msg and "UTF-8" in msg
-    assert "line 3" in msg, "the message locates the bad byte by line"
+    assert "row 3 (spreadsheet row numbers, header = row 1), byte 6" in msg, "the message locates the bad byte by row"
 
 
 def test_negative_sample_weight(tmp_path):
@@ -382,4 +382,4 @@ def test_negative_sample_weight(tmp_path):
     with pytest.raises(DataError) as e:
         _load(path)
     msg = _msg(e)
-    assert str(path) in msg and "'w'" in msg and "row 2" in msg and "-2" in msg
+    assert str(path) in msg and "'w'" in msg and "row 4 (spreadsheet row numbers, header = row 1)" in msg and "-2" in msg

@@ -97,13 +97,24 @@ def test_inverted_padding_mask_fires_and_the_right_mask_does_not(tmp_path, full_
 
 
 # ---------------------------------------------------------------------- non-finite loss
-def test_non_finite_features_fire_nonfinite_loss_and_grad(tmp_path):
+def test_non_finite_features_are_refused_and_a_non_finite_loss_fails_the_run(tmp_path):
+    """Non-finite features never reach training; finite features that overflow inside the network
+    make a non-finite loss, which fails the run (it used to train on and report 'finished')."""
+    from workbench.data import DataError
+    from workbench.trainer import TrainingFailed
+
     bad_data = synthetic()
-    bad_data.features[::25, 0] = float("inf")  # 24 rows: some land in every epoch's training batches
-    flags, health = fit(Trainer(tiny(tmp_path), dataset=bad_data, progress=False))
-    assert flags["nonfinite_loss"] == [1.0, 1.0] and flags["nonfinite_grad"] == [1.0, 1.0]
-    assert health["nonfinite_loss"] == "a training batch loss was NaN or inf"
-    assert health["nonfinite_grad"] == "gradients of the last batch contain NaN or inf"
+    bad_data.features[::25, 0] = float("inf")  # 24 rows
+    with pytest.raises(DataError, match=r"column 'x0': 24 value\(s\) are not finite as 32-bit floats"):
+        Trainer(tiny(tmp_path), dataset=bad_data, progress=False)
+
+    huge = synthetic()
+    huge.features[:] = 3e38  # finite in float32; the first layer's sums overflow to inf, the loss to NaN
+    trainer = Trainer(tiny(tmp_path), dataset=huge, progress=False)
+    with pytest.raises(TrainingFailed, match=r"non-finite loss at epoch 1 \(batch 1 of "):
+        trainer.fit()
+    run = trainer.store.run(trainer.run_id)
+    assert run["status"] == "failed" and "non-finite loss at epoch 1" in run["error"]
 
     good_flags, _ = fit(Trainer(tiny(tmp_path), dataset=synthetic(), progress=False))
     assert good_flags["nonfinite_loss"] == [0.0, 0.0] and good_flags["nonfinite_grad"] == [0.0, 0.0]
@@ -129,9 +140,12 @@ def test_nonfinite_loss_is_per_epoch():
     {"SCHEDULE.NULL_MASKING.START_PROB": 0.0, "SCHEDULE.NULL_MASKING.END_PROB": 0.0},  # p(t) = 0 throughout
 ], ids=["phase1", "schedule-p0"])
 def test_a_rank_with_every_label_masked_fires_rank_all_masked(tmp_path, masking):
-    # level2 is null in every row, so with nulls masked nothing at level2 reaches the loss
-    cfg = tiny(tmp_path, **{**masking, "DATA.SYNTHETIC.NULL_RATES": [0.0, 0.2, 1.0]})
-    flags, health = fit(Trainer(cfg, progress=False))
+    # level2 is null in every training row (data null at a rank everywhere is refused at load, so the
+    # training split is emptied here: rare labels that all fell in val), so with nulls masked nothing
+    # at level2 reaches the loss
+    trainer = Trainer(tiny(tmp_path, **masking), progress=False)
+    trainer.train_ds.targets[:, 2] = 0
+    flags, health = fit(trainer)
     assert flags["rank_all_masked"] == [1.0, 1.0]
     assert health == {"rank_all_masked": "every training label was masked at rank(s) ['level2']"}
 

@@ -40,7 +40,9 @@ def test_schedule_preview_matches_schedule():
     curve, per_epoch = fig.data
     np.testing.assert_allclose(curve.x, np.linspace(0, 10, 41))
     np.testing.assert_allclose(curve.y, [sched.prob(t) for t in curve.x])
-    np.testing.assert_array_equal(per_epoch.x, np.arange(10))
+    # epoch k (1-based) spans t in [k-1, k); its mean is drawn at the middle, where a linear ramp equals it
+    np.testing.assert_array_equal(per_epoch.x, np.arange(10) + 0.5)
+    np.testing.assert_array_equal(per_epoch.customdata, np.arange(1, 11))
     expected = [np.mean([sched.prob(e + b / 4) for b in range(4)]) for e in range(10)]
     np.testing.assert_allclose(per_epoch.y, expected)
     assert per_epoch.y[0] == pytest.approx(0.2) and per_epoch.y[-1] == pytest.approx(0.9)
@@ -55,7 +57,7 @@ def test_loss_curves(wide):
     fig = plots.loss_curves(wide)
     assert [t.name for t in fig.data] == ["train loss", "val loss"]
     s = wide.sort_values("epoch")
-    np.testing.assert_array_equal(fig.data[0].x, s["epoch"])
+    np.testing.assert_array_equal(fig.data[0].x, s["epoch"] + 1)  # displayed epochs are 1-based
     np.testing.assert_allclose(fig.data[0].y, s["core/train_loss"])
     np.testing.assert_allclose(fig.data[1].y, s["core/val_loss"])
     with_ranks = plots.loss_curves(wide, RANKS)
@@ -71,7 +73,7 @@ def test_chain_vs_partial_one_chart_four_traces(wide):
     for name, key in [("train chain", "core/train_chain_acc"), ("val chain", "core/val_chain_acc"),
                       ("train partial-chain", "core/train_partial_chain_acc"),
                       ("val partial-chain", "core/val_partial_chain_acc")]:
-        np.testing.assert_array_equal(names[name].x, np.arange(5))
+        np.testing.assert_array_equal(names[name].x, np.arange(1, 6))
         np.testing.assert_allclose(names[name].y, s[key])
     # train dashed, val solid; chain and partial-chain differ in colour
     assert names["train chain"].line.dash == "dash" and names["val chain"].line.dash == "solid"
@@ -149,7 +151,7 @@ def test_overlay_one_trace_per_run_raw():
     assert len(fig.data) == 6
     assert fig.data[0].name == "first"
     run1 = df[(df["run_id"] == "run1") & (df["key"] == "core/val_loss")]
-    np.testing.assert_array_equal(fig.data[1].x, run1["epoch"])
+    np.testing.assert_array_equal(fig.data[1].x, run1["epoch"] + 1)
     np.testing.assert_allclose(fig.data[1].y, run1["value"])
 
 
@@ -276,3 +278,104 @@ def test_class_counts_bar_sorted_with_null_grey():
     assert bar.marker.color[1] == plots.NULL_COLOUR and bar.marker.color[0] != plots.NULL_COLOUR
     top = plots.class_counts(counts, "genus", top=2)
     assert len(top.data[0].x) == 2 and "top 2 of 4" in top.layout.title.text
+
+
+# ---------------------------------------------------------------------- epochs, colours, run tables
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 30, 300])
+def test_epoch_axes_are_one_based_with_whole_ticks(n):
+    """Stored epochs 0..n-1 are drawn at 1..n; ticks are whole numbers (a 3-epoch run has none at 1.5)."""
+    df = pd.DataFrame({"epoch": np.arange(n), "core/val_chain_acc": np.linspace(0, 1, n),
+                       "core/val_loss": np.ones(n), "val/acc/order": np.ones(n)})
+    for fig in (plots.chain_vs_partial(df), plots.loss_curves(df), plots.rank_accuracy(df, ["order"])):
+        np.testing.assert_array_equal(fig.data[0].x, np.arange(1, n + 1))
+        axis = fig.layout.xaxis
+        assert axis.tickmode == "linear" and axis.tickformat == "d"
+        assert axis.dtick == int(axis.dtick) and axis.dtick >= 1 and float(axis.tick0) == 0
+        assert max(n - 1, 1) / axis.dtick <= 12  # never a wall of ticks on a long run
+    assert plots.epoch_tick_step(8) == 1 and plots.epoch_tick_step(30) == 5 and plots.epoch_tick_step(300) == 50
+
+
+def test_one_colour_per_rank_in_every_chart(wide):
+    colours = plots.rank_colours(RANKS)
+    loss = by_name(plots.loss_curves(wide, RANKS))
+    acc = by_name(plots.rank_accuracy(wide, RANKS))
+    for rank in RANKS:
+        assert loss[f"val loss {rank}"].line.color == acc[f"val {rank}"].line.color == colours[rank]
+    assert len(set(colours.values())) == len(RANKS)
+    # a rank never looks like chain / partial-chain accuracy or the total loss
+    assert not set(colours.values()) & {plots.CHAIN_COLOUR, plots.PARTIAL_COLOUR}
+
+
+def test_best_tau_table_is_the_curve_maximum():
+    curves = make_curves(epochs=(0, 2))
+    # genus: make accuracy peak at tau = 0.6 (two taus tie: the smaller wins) and put a NaN above it
+    acc = (curves["epoch"] == 2) & (curves["rank"] == "genus") & (curves["curve"] == "accuracy")
+    curves.loc[acc & np.isclose(curves["tau"], 0.6), "value"] = 5.0
+    curves.loc[acc & np.isclose(curves["tau"], 0.8), "value"] = 5.0
+    curves.loc[acc & np.isclose(curves["tau"], 0.9), "value"] = np.nan
+    table = plots.best_tau_table(curves, RANKS).set_index("rank")
+    assert list(table.index) == RANKS and set(table["by"]) == {"accuracy"}
+    last = curves[curves["epoch"] == 2]
+    for rank in RANKS:
+        sub = last[last["rank"] == rank]
+        a = sub[sub["curve"] == "accuracy"]
+        tau = a.loc[a["value"].idxmax(), "tau"]  # pandas skips NaN; idxmax takes the first (smallest tau)
+        assert table.loc[rank, "tau"] == pytest.approx(tau)
+        for curve in ("accuracy", "coverage", "selective_accuracy", "null_false_positive_rate"):
+            expected = sub[(sub["curve"] == curve) & np.isclose(sub["tau"], tau)]["value"].item()
+            assert table.loc[rank, curve] == pytest.approx(expected)
+    assert table.loc["genus", "tau"] == pytest.approx(0.6)
+
+
+def test_best_tau_table_multilabel_rank_uses_micro_f1():
+    tau = np.linspace(0, 1, 5)
+    curves = pd.concat([pd.DataFrame({"epoch": 0, "rank": "tags", "curve": c, "tau": tau, "value": v})
+                        for c, v in (("micro_f1", [0.1, 0.7, 0.3, 0.2, 0.0]), ("exact_match", [0.0, 0.5, 0.6, 0.4, 0.1]))])
+    row = plots.best_tau_table(curves).iloc[0]
+    assert row["by"] == "micro_f1" and row["tau"] == 0.25 and row["exact_match"] == 0.5
+
+
+def run_table() -> pd.DataFrame:
+    """Six runs grouped by LOSS.W: w=0.2 mixes a phase-1 run and a stopped run; w=0.8 differs only by seed."""
+    return pd.DataFrame({
+        "id": list("abcdef"), "status": ["finished", "finished", "stopped", "finished", "finished", "finished"],
+        "LOSS.W": [0.2, 0.2, 0.2, 0.8, 0.8, 0.8], "TRAIN.SEED": [0, 1, 2, 0, 1, 2],
+        "TRAIN.PHASE1_MASK_NULL_LOSS": [True, False, False, False, False, False],
+        "MODEL.HIDDEN": [[16], [16], [16], [16], [16], [16]], "TRACKING.STORE": list("xyzxyz"),
+        "parent_id": [None, "a", None, None, None, None], "epochs_done": [5, 3, 2, 4, 4, 4],
+    })
+
+
+def test_varying_within_groups_names_the_mixed_keys():
+    runs = run_table()
+    assert plots.varying_within_groups(runs, "LOSS.W") == ["TRAIN.SEED", "TRAIN.PHASE1_MASK_NULL_LOSS", "status"]
+    # split by them and nothing is left mixed but the seed; TRACKING.* never counts
+    assert plots.varying_within_groups(runs, ["LOSS.W", "TRAIN.PHASE1_MASK_NULL_LOSS", "status"]) == ["TRAIN.SEED"]
+    assert plots.varying_within_groups(runs[runs["LOSS.W"] == 0.8], "LOSS.W") == ["TRAIN.SEED"]
+    assert plots.varying_config_keys(runs) == ["LOSS.W", "TRAIN.SEED", "TRAIN.PHASE1_MASK_NULL_LOSS"]
+
+
+def test_lineage_offsets_follow_parents():
+    runs = pd.DataFrame({"id": ["p", "c", "g", "orphan", "x", "y"],
+                         "parent_id": [None, "p", "c", "gone", "y", "x"],  # x <-> y: a cycle must end
+                         "epochs_done": [5, 3, 2, 4, 1, 1]})
+    assert plots.lineage_offsets(runs) == {"p": 0, "c": 5, "g": 8, "orphan": 0, "x": 1, "y": 1}
+
+
+def test_overlay_groups_by_several_keys_and_continues_phase2():
+    df = long_frame()
+    df["phase1"] = df["run_id"].isin(["run0", "run1"])
+    fig = plots.overlay(df, "core/val_loss", group_by=["LOSS.W", "phase1"])
+    means = [t for t in fig.data if t.name.endswith(")")]
+    assert [t.name for t in means] == ["LOSS.W=0.1, phase1=False (n=2)", "LOSS.W=0.1, phase1=True (n=1)",
+                                       "LOSS.W=0.5, phase1=False (n=2)", "LOSS.W=0.5, phase1=True (n=1)"]
+    fig = plots.overlay(df, "core/val_loss", epoch_offsets={"run1": 8})
+    np.testing.assert_array_equal(fig.data[1].x, np.arange(9, 17))  # after run0's 8 epochs (1..8)
+    np.testing.assert_array_equal(fig.data[0].x, np.arange(1, 9))
+
+
+def test_metric_labels_never_repeat_the_key():
+    assert plots.metric_label("val/acc/species") == "val accuracy: species"
+    assert plots.metric_label("val/best_tau/genus") == "val best τ: genus"
+    assert plots.metric_label("core/val_loss") == "val loss"
+    assert plots.metric_label("val/hdist@1") == "val hdist@1"

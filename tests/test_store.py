@@ -210,3 +210,23 @@ def test_two_processes_write_concurrently(tmp_path):
         assert sorted(m.epoch.unique()) == list(range(30))
         assert count(store, "curves", rid) == 30 * len(curves_frame(n_tau=21))
         assert store.run(rid)["epochs_done"] == 30
+
+
+def _create(path: str, run_id: str, barrier) -> None:
+    barrier.wait(timeout=60)  # all imported: open the new store at the same moment
+    RunStore(path).create_run({}, run_id=run_id)
+
+
+def test_processes_creating_one_new_store_at_once(tmp_path):
+    """The schema, its version and WAL mode are set once; a process that finds the store half-made waits
+    for it instead of taking it for someone else's database."""
+    path = tmp_path / "runs" / "new.db"
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_create, args=(str(path), f"p{i}", barrier)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert sorted(RunStore(path).runs()["id"]) == ["p0", "p1", "p2", "p3"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,8 @@ def test_parse_values_lists_ranges_and_bools():
     assert parse_values("0,0.5,1") == [0, 0.5, 1]
     assert parse_values("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert parse_values("true,false") == [True, False]
+    assert parse_values("[16, 8],[32]") == [[16, 8], [32]]  # commas inside a list value do not split it
+    assert parse_values("'a,b',it's") == ["a,b", "it's"]
     assert parse_grid_args(["LOSS.W=0.1,0.2"]) == {"LOSS.W": [0.1, 0.2]}
     with pytest.raises(ConfigError, match="KEY=v1,v2"):
         parse_grid_args(["LOSS.W"])
@@ -162,15 +165,17 @@ def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
     killed: list[int] = []
 
     def kill_after_two_epochs():
+        """Watch the driver's store (the trial has none): the trial reported its pid with its first epoch."""
         deadline = time.time() + 180
+        db = Path(settings.store_path)
         while time.time() < deadline and not killed:
-            for db in results.rglob("trial.db"):
+            if db.is_file():
                 try:
                     con = sqlite3.connect(db, timeout=1)
                     row = con.execute("SELECT pid, epochs_done FROM runs").fetchone()
                     con.close()
                 except sqlite3.Error:
-                    continue
+                    row = None
                 if row and row[0] and row[1] >= 2:
                     os.kill(int(row[0]), signal.SIGKILL)
                     killed.append(int(row[0]))

@@ -1,7 +1,10 @@
 """One typed config (DESIGN.md section 4): YAML load/save, dotted overrides, one error template.
 
 Every validation error reads like "`LOSS.W` must be in [0, 1], got 1.5": the key path, the rule,
-the value received. Unknown keys are rejected with the list of allowed keys.
+the value received. Unknown keys are rejected with the list of allowed keys. Every float refuses NaN
+and inf, numbers refuse booleans and flags refuse numbers. Config YAML (files and ``--set`` values) is
+read within bounds (MAX_CONFIG_BYTES, MAX_YAML_VALUES after alias expansion, MAX_YAML_DEPTH) and a key
+given twice in one mapping is an error, so no file hangs the loader or is silently half-read.
 """
 
 from __future__ import annotations
@@ -11,17 +14,37 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+# A config is a few kilobytes of YAML; these bounds refuse files that would hang or exhaust memory while
+# loading (a "billion laughs" alias bomb expands 1 kB of aliases into 10^9 values) with a clear error.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_YAML_VALUES = 100_000  # scalars + lists + mappings after alias expansion; a full config has ~60
+MAX_YAML_DEPTH = 32  # nesting (after alias expansion); a config nests 4 deep
+# torch.manual_seed takes 64 bits, numpy's legacy np.random.seed 32: a seed valid for every generator
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024  # TRAIN.NUM_THREADS: torch starts that many threads; more than any machine has cores
+MAX_SYNTHETIC_LEAVES = 100_000  # DATA.SYNTHETIC: classes at the finest rank (one mean vector each)
+MAX_SYNTHETIC_VALUES = 100_000_000  # DATA.SYNTHETIC: N x NUM_FEATURES (0.8 GB of float64)
+EMPTY_CONFIG = "the config is empty; expected sections such as DATA, MODEL, TRAIN"
+SHOWN_CHARS = 80  # a value quoted in an error message is cut to this many characters
+# the error type of a rule whose message already names the offending value ("lists 'genus' twice")
+_STATED = "value_stated"
 
 
-class ConfigError(ValueError):
-    """An invalid config; the message names the key path, the rule and the value."""
+from workbench.errors import ConfigError  # noqa: E402,F401 (defined once in errors.py; re-exported here)
+from workbench.names import DEFAULT_STORE  # noqa: E402
+
+
+def _bound(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _in_range(lo: float, hi: float):
     def check(v: float) -> float:
         if not lo <= v <= hi:
-            raise ValueError(f"must be in [{lo:g}, {hi:g}]")
+            raise ValueError(f"must be in [{_bound(lo)}, {_bound(hi)}]")
         return v
     return AfterValidator(check)
 
@@ -29,33 +52,98 @@ def _in_range(lo: float, hi: float):
 def _at_least(lo: float):
     def check(v: float) -> float:
         if v < lo:
-            raise ValueError(f"must be >= {lo:g}")
+            raise ValueError(f"must be >= {_bound(lo)}")
         return v
     return AfterValidator(check)
 
 
-Prob = Annotated[float, _in_range(0.0, 1.0)]
+def _not_bool(kind: str):
+    """Pydantic reads ``true`` as 1 where a number is expected; a boolean there is a mistake, not a number."""
+    def check(v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"must be {kind}")
+        return v
+    return BeforeValidator(check)
+
+
+def _only_bool(v: Any) -> Any:
+    """Pydantic reads 1, "yes" or "off" as booleans; only YAML's true/false (Python bools) are booleans here."""
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _no_repeats(v: list[str] | None) -> list[str] | None:
+    if v is not None:
+        seen = set()
+        for item in v:
+            if item in seen:
+                raise PydanticCustomError(_STATED, "lists {item} twice", {"item": _shown(item)})
+            seen.add(item)
+    return v
+
+
+def _not_empty(v: Any) -> Any:
+    if len(v) == 0:
+        raise ValueError("must not be empty")
+    return v
+
+
+def _positive_sum(v: list[float] | None) -> list[float] | None:
+    if v is not None and not sum(v) > 0:
+        raise ValueError("must have a positive sum")
+    return v
+
+
+# Every number and flag in the config is one of these (non-finite floats are refused section-wide by
+# allow_inf_nan=False). Strings stay accepted for numbers on purpose: YAML 1.1 reads `1e-3` as a string.
+Float = Annotated[float, _not_bool("a number")]
+Int = Annotated[int, _not_bool("an integer")]
+Bool = Annotated[bool, BeforeValidator(_only_bool)]
+Prob = Annotated[Float, _in_range(0.0, 1.0)]
+Seed = Annotated[Int, _in_range(0, MAX_SEED)]
+Text = Annotated[str, AfterValidator(_not_empty)]
+Names = Annotated[list[Text], AfterValidator(_no_repeats)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: NaN or inf in any float field ("`TRAIN.WEIGHT_DECAY` must be a finite number, got nan")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Section):
-    N: Annotated[int, _at_least(10)] = 4000
-    BRANCHING: list[Annotated[int, _at_least(1)]] = [3, 3, 3]
-    NUM_FEATURES: Annotated[int, _at_least(1)] = 16
-    NOISE: Annotated[float, _at_least(0.0)] = 1.0
+    N: Annotated[Int, _at_least(10)] = 4000
+    BRANCHING: Annotated[list[Annotated[Int, _at_least(1)]], AfterValidator(_not_empty)] = [3, 3, 3]
+    NUM_FEATURES: Annotated[Int, _at_least(1)] = 16
+    NOISE: Annotated[Float, _at_least(0.0)] = 1.0
     NULL_RATES: list[Prob] = [0.0, 0.1, 0.3]
-    IMBALANCE: Annotated[float, _at_least(0.0)] = 0.0
-    MULTILABEL_RANK: int | None = None
+    IMBALANCE: Annotated[Float, _at_least(0.0)] = 0.0
+    MULTILABEL_RANK: Int | None = None
 
     @model_validator(mode="after")
-    def _same_length(self):
-        if len(self.NULL_RATES) != len(self.BRANCHING):
+    def _consistent(self):
+        ranks = len(self.BRANCHING)
+        if len(self.NULL_RATES) != ranks:
             raise ValueError(
-                f"NULL_RATES must have one entry per rank of BRANCHING ({len(self.BRANCHING)}), "
-                f"got {self.NULL_RATES}"
+                f"NULL_RATES must have one entry per rank of BRANCHING ({ranks}), got {self.NULL_RATES}"
+            )
+        if self.MULTILABEL_RANK is not None and not 0 <= self.MULTILABEL_RANK < ranks:
+            raise ValueError(
+                f"MULTILABEL_RANK must be a rank index of BRANCHING, in [0, {ranks - 1}], got {self.MULTILABEL_RANK}"
+            )
+        # make_synthetic builds one mean per leaf class and an (N, NUM_FEATURES) float64 matrix up front
+        leaves = 1
+        for b in self.BRANCHING:
+            leaves *= b
+        if leaves > MAX_SYNTHETIC_LEAVES:
+            raise ValueError(
+                f"BRANCHING must give at most {MAX_SYNTHETIC_LEAVES} classes at the finest rank, "
+                f"got {self.BRANCHING} ({leaves} classes)"
+            )
+        if self.N * self.NUM_FEATURES > MAX_SYNTHETIC_VALUES:
+            raise ValueError(
+                f"N times NUM_FEATURES must be at most {MAX_SYNTHETIC_VALUES} values, "
+                f"got N={self.N} and NUM_FEATURES={self.NUM_FEATURES}"
             )
         return self
 
@@ -63,13 +151,13 @@ class SyntheticConfig(_Section):
 class DataConfig(_Section):
     NAME: str = "synthetic"  # ratdat | olive | synthetic | file
     PATH: str | None = None  # CSV/Parquet, with NAME: file
-    RANKS: list[str] | None = None
-    FEATURES: list[str] | None = None
+    RANKS: Annotated[Names, AfterValidator(_not_empty)] | None = None
+    FEATURES: Names | None = None
     FEATURE_PREFIX: str | None = None
     SAMPLE_WEIGHT: str | None = None
     NULL_VALUES: list[str] | dict[str, list[str]] | None = None
-    VAL_FRACTION: Annotated[float, _in_range(0.01, 0.99)] = 0.2
-    SEED: int = 0
+    VAL_FRACTION: Annotated[Float, _in_range(0.01, 0.99)] = 0.2
+    SEED: Seed = 0
     SYNTHETIC: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
     @model_validator(mode="after")
@@ -83,36 +171,42 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     BACKBONE: Literal["mlp", "set_attention"] = "mlp"
-    HIDDEN: list[Annotated[int, _at_least(1)]] = [256, 128]
+    HIDDEN: list[Annotated[Int, _at_least(1)]] = [256, 128]  # [] = a linear model on the features (mlp only)
     HEAD: Literal["independent", "marginal"] = "independent"
-    DROPOUT: Annotated[float, _in_range(0.0, 0.9)] = 0.1
+    DROPOUT: Annotated[Float, _in_range(0.0, 0.9)] = 0.1
+
+    @model_validator(mode="after")
+    def _set_attention_has_a_layer(self):
+        if self.BACKBONE == "set_attention" and not self.HIDDEN:
+            raise ValueError("HIDDEN must list at least one layer size for BACKBONE 'set_attention', got []")
+        return self
 
 
 class LossConfig(_Section):
     W: Prob = 0.3
-    RANK_WEIGHTS: list[Annotated[float, _at_least(0.0)]] | None = None
+    RANK_WEIGHTS: Annotated[list[Annotated[Float, _at_least(0.0)]], AfterValidator(_positive_sum)] | None = None
     CLASS_WEIGHTS: Literal["none", "balanced"] = "none"
-    MULTILABEL: bool = False
+    MULTILABEL: Bool = False
 
 
 class TrainConfig(_Section):
-    EPOCHS: Annotated[int, _at_least(1)] = 20
-    BATCH_SIZE: Annotated[int, _at_least(1)] = 256
-    LR: Annotated[float, _in_range(1e-8, 10.0)] = 1e-3
-    WEIGHT_DECAY: Annotated[float, _at_least(0.0)] = 1e-4
-    PHASE1_MASK_NULL_LOSS: bool = False
-    INIT_FROM: str | None = None
-    SEED: int = 0
+    EPOCHS: Annotated[Int, _at_least(1)] = 20
+    BATCH_SIZE: Annotated[Int, _at_least(1)] = 256
+    LR: Annotated[Float, _in_range(1e-8, 10.0)] = 1e-3
+    WEIGHT_DECAY: Annotated[Float, _at_least(0.0)] = 1e-4
+    PHASE1_MASK_NULL_LOSS: Bool = False
+    INIT_FROM: Text | None = None
+    SEED: Seed = 0
     DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
-    NUM_THREADS: Annotated[int, _at_least(0)] = 0  # 0 = leave torch's default
+    NUM_THREADS: Annotated[Int, _in_range(0, MAX_THREADS)] = 0  # 0 = leave torch's default
 
 
 class NullMaskingConfig(_Section):
-    ENABLED: bool = True
+    ENABLED: Bool = True
     START_PROB: Prob = 0.0
     END_PROB: Prob = 1.0
-    START_EPOCH: Annotated[float, _at_least(0.0)] = 0.0
-    END_EPOCH: Annotated[float, _at_least(0.0)] = 100.0
+    START_EPOCH: Annotated[Float, _at_least(0.0)] = 0.0
+    END_EPOCH: Annotated[Float, _at_least(0.0)] = 100.0
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -129,7 +223,7 @@ class ScheduleConfig(_Section):
 
 
 class WandbConfig(_Section):
-    ENABLED: bool = False
+    ENABLED: Bool = False
     PROJECT: str = "workbench"
     MODE: Literal["online", "offline", "disabled"] = "offline"
     GROUP: str | None = None
@@ -137,7 +231,7 @@ class WandbConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    STORE: str = "runs/workbench.db"
+    STORE: Text = DEFAULT_STORE
     RUN_NAME: str | None = None
     # threshold curves are ~R x 4 x 101 rows an epoch: many short runs (a w grid) may keep the last only
     CURVES: Literal["every_epoch", "last_epoch"] = "every_epoch"
@@ -157,10 +251,7 @@ class Config(_Section):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, source: str = "config") -> Config:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        data = _sections(data if data is not None else {}, source)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -171,16 +262,28 @@ class Config(_Section):
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
-        if not path.is_file():
+        if path.is_dir():
             raise ConfigError(f"{path}: is a folder, not a config file")
+        if not path.is_file():  # a pipe would block the read; a device is no config either
+            raise ConfigError(f"{path}: is not a regular file; a config is a YAML file")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            with path.open("rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)  # never more: a huge file is refused without reading it whole
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config: {e.strerror}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: the file is larger than {MAX_CONFIG_BYTES:,} bytes; a config is a few kilobytes of YAML"
+            )
+        try:
+            data = load_yaml(raw.decode("utf-8"), str(path))
         except UnicodeDecodeError as e:
             line = e.object[: e.start].count(b"\n") + 1
             raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte {e.object[e.start]:#04x}): save the file as UTF-8") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(e)}") from None
-        data = apply_overrides(data or {}, overrides or [])
+        if data is None or data == {}:
+            # comments only: every default would run, and create a store in the working folder
+            raise ConfigError(f"{path}: {EMPTY_CONFIG}")
+        data = apply_overrides(_sections(data, str(path)), overrides or [])
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +302,12 @@ class Config(_Section):
     def flat(self) -> dict[str, Any]:
         """``{"LOSS.W": 0.3, ...}``: one entry per leaf key (for tables and W&B)."""
         return flatten(self.to_dict())
+
+
+def _sections(data: Any, source: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -231,11 +340,137 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like KEY.PATH=value, e.g. LOSS.W=0.3")
     key, raw = text.split("=", 1)
+    key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _bounded_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+        value = raw  # not YAML (e.g. `RUN_NAME=a: b`): the text as written
+    except _YamlRefused as e:
+        raise ConfigError(f"override `{key}`: {e}") from None
+    return key, value
+
+
+# ---------------------------------------------------------------------- bounded YAML
+class _YamlRefused(Exception):
+    """Valid YAML that a config must not be: too big, too deep, or a key given twice (message without the file)."""
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse config YAML (safe tags only) within the MAX_YAML_* bounds; ``ConfigError`` names ``source``."""
+    try:
+        return _bounded_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML{_yaml_problem(e)}") from None
+    except _YamlRefused as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _bounded_yaml(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses, before building any Python object: more than MAX_YAML_VALUES
+    values (counting each alias as the whole block it repeats: an alias bomb), nesting deeper than
+    MAX_YAML_DEPTH (PyYAML recurses per level and would die with a RecursionError), recursive aliases,
+    and a key given twice in one mapping (YAML keeps the last silently; a repeated section drops the first)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._composed = 0
+
+    def compose_node(self, parent, index):
+        # counted while composing, so a 1 MB flat list is refused before it is all parsed
+        if not self.check_event(yaml.AliasEvent):
+            self._composed += 1
+            if self._composed > MAX_YAML_VALUES:
+                raise _YamlRefused(f"line {self._line()}: more than {MAX_YAML_VALUES:,} values; a config has about 60")
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _YamlRefused(f"line {self._line()}: nested deeper than {MAX_YAML_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _line(self) -> int:
+        return self.peek_event().start_mark.line + 1
+
+    def construct_document(self, node):
+        _check_expanded(node)
+        return super().construct_document(node)
+
+
+def _construct_int(loader: _BoundedLoader, node: yaml.ScalarNode) -> int:
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:  # Python refuses int("9" * 5000): a digit limit, not a YAML error
+        raise _YamlRefused(
+            f"line {node.start_mark.line + 1}: an integer {len(node.value)} characters long; no setting takes one that large"
+        ) from None
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<: *base`: keys merged in may be overridden, not duplicates
+
+
+def _check_expanded(root: yaml.Node) -> None:
+    """The composed document as the constructor would expand it: size, depth, cycles, repeated keys.
+
+    A node reached through several aliases is the same object: its expanded size is computed once
+    (memo), so the check is linear in the text even when the expansion is exponential."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def visit(node: yaml.Node, path: str, depth: int) -> int:
+        here = node.start_mark.line + 1
+        if id(node) in open_nodes:
+            raise _YamlRefused(f"line {here}: `{path}` contains itself through an alias (a recursive alias)")
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > MAX_YAML_DEPTH:
+            raise _YamlRefused(f"line {here}: aliases nest `{path}` deeper than {MAX_YAML_DEPTH} levels")
+        open_nodes.add(id(node))
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            _no_repeated_keys(node, path)
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                size += visit(key, path, depth + 1) + visit(value, f"{path}.{name}" if path else name, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                size += visit(item, f"{path}.{i}" if path else str(i), depth + 1)
+        open_nodes.discard(id(node))
+        if size > MAX_YAML_VALUES:
+            raise _YamlRefused(
+                f"line {here}: aliases expand this block to more than {MAX_YAML_VALUES:,} values "
+                f"(an alias bomb?); a config has about 60"
+            )
+        sizes[id(node)] = size
+        return size
+
+    visit(root, "", 0)
+
+
+def _no_repeated_keys(node: yaml.MappingNode, path: str) -> None:
+    first_line: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in first_line:
+            name = f"{path}.{key.value}" if path else key.value
+            first = first_line[key.tag, key.value]
+            where = f"on line {line}" if first == line else f"at lines {first} and {line}"
+            raise _YamlRefused(
+                f"`{name}` is given twice, {where}; YAML would keep only the last one silently: give it once"
+            )
+        first_line[key.tag, key.value] = line
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
@@ -256,9 +491,11 @@ def format_validation_error(error: ValidationError, source: str) -> str:
             if first in value and rest:
                 loc, msg = (f"{loc}.{first}" if loc else first), rest
             lines.append(f"`{loc}` {_rule(msg)}" if loc else _rule(msg))
+        elif err["type"] == _STATED:
+            lines.append(f"`{loc}` {msg}")
         else:
             where = f"`{loc}` " if loc else ""
-            lines.append(f"{where}{_rule(msg)}, got {value!r}")
+            lines.append(f"{where}{_rule(msg)}, got {_shown(value)}")
     head = f"{source}: invalid config" if len(lines) > 1 else f"{source}:"
     return head + (" " + lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines))
 
@@ -277,7 +514,26 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 
 def _rule(msg: str) -> str:
     """Pydantic's wording to ours: 'Input should be a valid number' -> 'must be a valid number'."""
-    return msg.replace("Input should be", "must be")
+    msg = msg.replace("Input should be", "must be")
+    return msg.replace("must be a valid integer, got a number with a fractional part", "must be a whole number")
+
+
+def _shown(value: Any) -> str:
+    """A value received, spelled as in YAML (true, false, null) and cut short if long (a 1 MB string)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, int) and value.bit_length() > 1000:  # repr() refuses over 4300 digits
+        text = f"an integer of {value.bit_length()} bits"
+    else:
+        text = repr(value)
+    return shorten(text)
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` for an error message: kept whole up to ``limit`` characters, else cut with its length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _allowed_keys(loc: tuple) -> str:

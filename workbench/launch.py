@@ -8,6 +8,11 @@ the existing row, so the caller can show the run at once. Nothing here imports s
 
 A process that dies without reporting (killed, out of memory, a config the CLI rejects) leaves its
 row ``queued``/``running``; :func:`reconcile` marks such runs ``failed`` with the tail of their log.
+
+Sweeps (:func:`launch_sweep`) run ``sweeps/run.py`` the same way, one at a time per store unless asked;
+their status lives in ``<store dir>/sweeps/<id>/status.json`` (:func:`workbench.sweep.write_sweep_status`),
+which :func:`reconcile_sweeps`, :func:`stop_sweep` and :func:`list_sweeps` keep honest. Every process
+started here is reaped by a waiter thread the moment it exits, so none lingers as a zombie.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,32 +29,33 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.config import Config
-from workbench.store import RunStore, StoreError, new_run_id
+from workbench.store import RUN_NAME_MAX, RunStore, StoreError, new_run_id, validate_run_id, validate_run_name
 
-DEFAULT_STORE = "runs/workbench.db"
-ACTIVE = ("queued", "running")
+from workbench.names import (  # noqa: F401 (one home: names.py; re-exported here)
+    ACTIVE, DEFAULT_STORE, RESUMABLE, STORE_ENV, config_file, log_file, wandb_dir_for,
+)
 LOG_TAIL_LINES = 40
 
-# Popen objects of the runs this process started, by pid: polling them reaps finished children,
-# so a finished run is never mistaken for a live one because it is a zombie.
+# Popen objects of the runs and sweeps this process started and that may still run, by pid. A
+# daemon thread per child waits on it (reaps it the moment it exits: no zombie is left until the
+# dashboard stops) and then drops it from here; polling one never blocks.
 _children: dict[int, subprocess.Popen] = {}
 
 
-class LaunchError(RuntimeError):
-    """A run that cannot be launched; the message names the run and the reason."""
+from workbench.errors import LaunchError  # noqa: F401 (defined once in errors.py; re-exported here)
 
 
 def default_store_path() -> Path:
     """The store the dashboard uses: ``$WORKBENCH_STORE`` or ``runs/workbench.db``."""
-    return Path(os.environ.get("WORKBENCH_STORE") or DEFAULT_STORE)
+    return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
 def config_path(store: RunStore, run_id: str) -> Path:
-    return store.path.parent / "configs" / f"{run_id}.yaml"
+    return config_file(store.path, run_id)
 
 
 def log_path(store: RunStore, run_id: str) -> Path:
-    return store.path.parent / "logs" / f"{run_id}.log"
+    return log_file(store.path, run_id)
 
 
 def checkpoint_path(store: RunStore, run_id: str) -> Path:
@@ -68,6 +75,9 @@ def launch_run(
         name: the run's display name (default: ``TRACKING.RUN_NAME``, else the run id).
         parent_id: the run this one continues from (phase 2).
     """
+    validate_run_name(name)  # checked before the store is touched
+    if parent_id is not None:
+        validate_run_id(parent_id)
     store_path = Path(store_path or config.TRACKING.STORE).resolve()
     overrides: dict = {"TRACKING.STORE": str(store_path)}
     if name:
@@ -82,11 +92,17 @@ def launch_run(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     config.save(cfg_file)
     cmd = [sys.executable, "-m", "workbench", "train", "--config", str(cfg_file), "--run-id", run_id, "--no-progress"]
+    return _start_run_process(store, run_id, cmd, log_file, "training")
+
+
+def _start_run_process(store: RunStore, run_id: str, cmd: list[str], log_file: Path, what: str) -> str:
+    """Spawn ``cmd`` for the queued run ``run_id`` and record its pid; a process that cannot start
+    marks the run failed (a queued row with no process would wait forever)."""
     try:
         proc = _spawn(cmd, log_file)
     except OSError as e:
-        store.update_run(run_id, status="failed", error=f"could not start the training process: {e}")
-        raise LaunchError(f"run {run_id}: could not start the training process: {e}") from e
+        store.update_run(run_id, status="failed", error=f"could not start the {what} process: {e}")
+        raise LaunchError(f"run {run_id}: could not start the {what} process: {e}") from e
     store.update_run(run_id, pid=proc.pid)
     return run_id
 
@@ -101,7 +117,14 @@ def _spawn(cmd: list[str], log_file: Path) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     _children[proc.pid] = proc
+    threading.Thread(target=_reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True).start()
     return proc
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Wait for a started process to exit (which reaps it), then forget it."""
+    proc.wait()
+    _children.pop(proc.pid, None)
 
 
 def phase2_config(parent: Mapping, overrides: Mapping | None = None) -> Config:
@@ -117,6 +140,7 @@ def launch_phase2(
     name: str | None = None,
 ) -> str:
     """Continue a finished (or stopped) run as phase 2 in a new run whose parent is ``parent_run_id``."""
+    validate_run_id(parent_run_id)
     store = RunStore(store_path or default_store_path())
     parent = store.run(parent_run_id)
     if parent["status"] in ACTIVE:
@@ -124,7 +148,37 @@ def launch_phase2(
     if not checkpoint_path(store, parent_run_id).is_file():
         raise LaunchError(f"run {parent_run_id} has no checkpoint at {checkpoint_path(store, parent_run_id)}")
     cfg = phase2_config(parent, overrides)
-    return launch_run(cfg, store.path, name=name or f"{parent['name']}-phase2", parent_id=parent_run_id)
+    suffix = "-phase2"  # the parent's name is cut so that the default name stays within the length bound
+    default = f"{str(parent['name'] or parent_run_id)[:RUN_NAME_MAX - len(suffix)]}{suffix}"
+    return launch_run(cfg, store.path, name=name or default, parent_id=parent_run_id)
+
+
+
+
+def launch_resume(run_id: str, store_path: str | os.PathLike | None = None) -> str:
+    """Continue a failed or stopped run from its last checkpoint, in a new process; returns ``run_id``.
+
+    Starts ``python -m workbench resume RUN_ID --store STORE --no-progress`` like :func:`launch_run`
+    (own session, output appended to the run's log). The trainer restarts after the checkpoint's
+    epoch and re-reports any epoch the store already has (replacing it), so the run ends with each
+    epoch stored once. A run whose process died without reporting is first marked failed
+    (:func:`reconcile`); a run that is queued or running, or already finished, is refused.
+    """
+    store = RunStore(store_path or default_store_path())
+    reconcile(store, [run_id])
+    run = store.run(run_id)
+    if run["status"] not in RESUMABLE:
+        why = {"finished": "it finished all its epochs (continue it as phase 2 instead)"}.get(
+            run["status"], f"it is still {run['status']} (pid {run.get('pid')}); stop it first")
+        raise LaunchError(f"run {run_id} cannot be resumed: {why}; resume continues a failed or stopped run")
+    log_file = log_path(store, run_id)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # queued before the process exists (no pid: reconcile leaves it alone), and without the old stop
+    # request, which would stop the resumed run after one epoch
+    store.clear_stop(run_id)
+    store.update_run(run_id, status="queued", pid=None, error=None)
+    cmd = [sys.executable, "-m", "workbench", "resume", run_id, "--store", str(store.path.resolve()), "--no-progress"]
+    return _start_run_process(store, run_id, cmd, log_file, "resume")
 
 
 def stop_run(run_id: str, store_path: str | os.PathLike | None = None, force: bool = False) -> None:
@@ -240,45 +294,260 @@ def reconcile(store: RunStore, run_ids: list[str] | None = None) -> list[str]:
 
 __all__ = [
     "LaunchError", "checkpoint_path", "config_path", "default_store_path", "launch_phase2",
-    "launch_run", "log_path", "log_tail", "phase2_config", "reconcile", "run_alive", "stop_run",
+    "launch_resume", "launch_run", "log_path", "log_tail", "phase2_config", "reconcile", "run_alive", "stop_run",
+    # sweeps
+    "active_sweeps", "launch_sweep", "list_sweeps", "process_start_time", "reconcile_sweeps", "stop_sweep",
+    "sweep_alive", "sweep_command",
 ]
 
 
 def launch_sweep(
     config: Config, grid: Mapping[str, list], seeds: int = 1, store_path: str | os.PathLike | None = None,
-    max_concurrent: int = 2, address: str | None = None, wandb: bool = False,
+    max_concurrent: int = 2, address: str | None = None, wandb: bool = False, allow_concurrent: bool = False,
 ) -> str:
-    """Start ``sweeps/run.py`` over ``grid`` (dotted key -> values) in a new process; returns the sweep id.
+    """Start ``python -m workbench sweep`` over ``grid`` (dotted key -> values) in a new process; returns the
+    sweep id. With ``wandb``, trials log to the config's ``TRACKING.WANDB.PROJECT`` in its ``MODE`` and ``DIR``.
 
     The space is validated here first, so a bad value is an error at once, not a failed process.
-    The driver's output goes to ``<store dir>/logs/<sweep id>.log`` and its pid to ``.pid`` beside it.
+    While another sweep of the same store is starting or running this raises :class:`LaunchError`
+    naming it (two local Ray instances on one machine starve each other), unless ``allow_concurrent``.
+    The sweep's status record (``<store dir>/sweeps/<id>/status.json``) is written ``starting``
+    before the process starts; the driver then records ``running`` and how it ended. Its output
+    goes to ``<store dir>/logs/<sweep id>.log``.
     """
-    import json
-
-    from workbench.sweep import SweepSpec, new_sweep_id
+    from workbench.sweep import SweepSpec, file_lock, new_sweep_id, sweep_dir, write_sweep_status
 
     store_path = Path(store_path or config.TRACKING.STORE).resolve()
     config = config.with_overrides({"TRACKING.STORE": str(store_path)})
-    SweepSpec(base=config.to_dict(), grid=dict(grid), seeds=seeds).validate()
+    spec = SweepSpec(base=config.to_dict(), grid=dict(grid), seeds=seeds)
+    spec.check_size()
+    spec.validate()
+    if max_concurrent < 1:
+        raise LaunchError(f"concurrent trials must be >= 1, got {max_concurrent}")
     store = RunStore(store_path)
-    sweep_id = new_sweep_id()
-    cfg_file, log_file = config_path(store, sweep_id), log_path(store, sweep_id)
-    cfg_file.parent.mkdir(parents=True, exist_ok=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    config.save(cfg_file)
-    script = Path(__file__).resolve().parent.parent / "sweeps" / "run.py"
-    cmd = [sys.executable, str(script), "--config", str(cfg_file), "--sweep-id", sweep_id, "--seeds", str(seeds),
-           "--store", str(store_path), "--results-dir", str(store_path.parent / "ray_results"),
-           "--out", str(store_path.parent / "sweeps" / sweep_id), "--max-concurrent", str(max_concurrent)]
+    # check and claim under one lock, so two clicks (or two browser tabs) cannot both start a sweep
+    with file_lock(_sweeps_root(store) / SWEEP_LAUNCH_LOCK):
+        active = [] if allow_concurrent else active_sweeps(store)
+        if active:
+            other = active[0]
+            raise LaunchError(
+                f"sweep {other['id']} is still {other['status']} (pid {other.get('pid') or '?'}, started "
+                f"{_clock(other.get('started'))}); stop it or wait for it to end before starting another, "
+                "or allow a concurrent sweep")
+        sweep_id = new_sweep_id()
+        cfg_file, log_file, out_dir = config_path(store, sweep_id), log_path(store, sweep_id), sweep_dir(store_path, sweep_id)
+        cfg_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        config.save(cfg_file)
+        cmd = sweep_command(config, grid, sweep_id, cfg_file, store_path, out_dir, seeds=seeds,
+                            max_concurrent=max_concurrent, address=address, wandb=wandb)
+        write_sweep_status(store_path, sweep_id, status="starting", started=time.time(), grid=spec.resolved_grid(),
+                           n_trials=spec.num_trials(), address=address, log=str(log_file), pid=None)
+        try:
+            proc = _spawn(cmd, log_file)
+        except OSError as e:
+            write_sweep_status(store_path, sweep_id, status="failed", finished=time.time(),
+                               reason=f"could not start the sweep process: {e}")
+            raise LaunchError(f"sweep {sweep_id}: could not start the sweep process: {e}") from e
+        write_sweep_status(store_path, sweep_id, pid=proc.pid, pid_start=process_start_time(proc.pid))
+    return sweep_id
+
+
+# ---------------------------------------------------------------------- sweep lifecycle
+def sweep_command(
+    config: Config, grid: Mapping[str, list], sweep_id: str, config_file: Path, store_path: Path, out_dir: Path,
+    seeds: int = 1, max_concurrent: int = 2, address: str | None = None, wandb: bool = False,
+) -> list[str]:
+    """The driver's command line: ``python -m workbench sweep`` (the installed package, no path built from a
+    file location) over ``grid``, with the W&B project, mode and folder of ``config`` when ``wandb`` is on
+    (a config whose ``TRACKING.WANDB.MODE`` is ``disabled`` logs nothing to W&B)."""
+    import json
+
+    from workbench.sweep import RESULTS_DIR
+
+    cmd = [sys.executable, "-m", "workbench", "sweep", "--config", str(config_file), "--sweep-id", sweep_id,
+           "--seeds", str(seeds), "--store", str(store_path), "--results-dir", str(Path(store_path).parent / RESULTS_DIR),
+           "--out", str(out_dir), "--max-concurrent", str(max_concurrent)]
     for key, values in grid.items():
         cmd += ["--grid", f"{key}=" + ",".join(json.dumps(v) for v in values)]
     if address:
         cmd += ["--address", address]
-    if wandb:
-        cmd += ["--wandb-project", config.TRACKING.WANDB.PROJECT, "--wandb-mode", "offline"]
+    w = config.TRACKING.WANDB
+    if wandb and w.MODE != "disabled":
+        cmd += ["--wandb-project", w.PROJECT, "--wandb-mode", w.MODE, "--wandb-dir", wandb_dir_for(store_path, w.DIR)]
+    return cmd
+
+
+SWEEP_LAUNCH_LOCK = ".launch.lock"  # in <store dir>/sweeps: launchers check and claim one at a time
+SWEEP_START_GRACE_S = 60.0  # a "starting" record with no pid after this long: the launcher died
+SWEEP_STOP_TIMEOUT_S = 15.0
+
+
+def _sweeps_root(store: RunStore) -> Path:
+    from workbench.sweep import SWEEPS_DIR
+
+    return store.path.resolve().parent / SWEEPS_DIR
+
+
+def _clock(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t))) if t else "?"
+
+
+def process_start_time(pid: int | None) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``), None if unknown.
+
+    Recorded with a sweep driver's pid, so a recycled pid is never taken for the driver.
+    """
+    if not pid:
+        return None
     try:
-        proc = _spawn(cmd, log_file)
-    except OSError as e:
-        raise LaunchError(f"sweep {sweep_id}: could not start the sweep process: {e}") from e
-    log_file.with_suffix(".pid").write_text(str(proc.pid))
-    return sweep_id
+        return int(Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def sweep_alive(record: Mapping) -> bool:
+    """Whether the driver process of a sweep's status record still runs (the same process: pid and start time)."""
+    pid = record.get("pid")
+    if not pid or not run_alive(int(pid)):
+        return False
+    start = record.get("pid_start")
+    return start is None or process_start_time(pid) == start
+
+
+def last_error_line(text: str) -> str | None:
+    """The last line of ``text`` that reads as an error (``error: ...`` or ``SomeError: ...``), else None."""
+    import re
+
+    pattern = re.compile(r"^(error: .+|[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$")
+    for line in reversed(text.splitlines()):
+        if pattern.match(line.strip()):
+            return line.strip()
+    return None
+
+
+def _end_trials(store: RunStore, sweep_id: str, status: str, error: str) -> None:
+    """Close the sweep's trial rows still queued/running: only its (now gone) driver wrote them."""
+    runs = store.runs(sweep_id=sweep_id)
+    for run_id in runs.loc[runs["status"].isin(ACTIVE), "id"] if not runs.empty else []:
+        store.update_run(run_id, status=status, error=error)
+
+
+def reconcile_sweeps(store: RunStore) -> list[str]:
+    """Mark sweeps whose driver died without recording an end as ``failed`` (reason: the log's last
+    error line); their trials still marked running become failed too. Returns the ids marked."""
+    from workbench.sweep import SWEEP_ACTIVE, read_sweep_status, sweep_ids_with_records, write_sweep_status
+
+    marked = []
+    for sweep_id in sweep_ids_with_records(store.path):
+        record = read_sweep_status(store.path, sweep_id)
+        if not record or record.get("status") not in SWEEP_ACTIVE:
+            continue
+        pid = record.get("pid")
+        if pid is None:
+            if time.time() - float(record.get("started") or 0) < SWEEP_START_GRACE_S:
+                continue
+            why = "the sweep process was never started"
+        elif sweep_alive(record):
+            continue
+        else:
+            why = f"the sweep driver (pid {pid}) exited without recording a result"
+        tail = log_tail(store, sweep_id)
+        reason = last_error_line(tail) or why
+        if write_sweep_status(store.path, sweep_id, if_status=SWEEP_ACTIVE, status="failed", reason=reason,
+                              finished=time.time()) is None:
+            continue  # it ended meanwhile
+        _end_trials(store, sweep_id, "failed", f"{why}; see {log_path(store, sweep_id)}")
+        marked.append(sweep_id)
+    return marked
+
+
+def active_sweeps(store: RunStore) -> list[dict]:
+    """Status records of the sweeps of ``store`` that are starting or running (after :func:`reconcile_sweeps`)."""
+    from workbench.sweep import SWEEP_ACTIVE, read_sweep_status, sweep_ids_with_records
+
+    reconcile_sweeps(store)
+    records = [read_sweep_status(store.path, s) for s in sweep_ids_with_records(store.path)]
+    return [r for r in records if r and r.get("status") in SWEEP_ACTIVE]
+
+
+def stop_sweep(sweep_id: str, store_path: str | os.PathLike | None = None,
+               timeout: float = SWEEP_STOP_TIMEOUT_S) -> dict:
+    """Terminate a sweep's driver with its process group (its local Ray instance and trials) and
+    record the sweep ``stopped``; its unfinished trials become ``stopped``. Returns the record."""
+    from workbench.sweep import SWEEP_ACTIVE, read_sweep_status, write_sweep_status
+
+    store = RunStore(store_path or default_store_path())
+    record = read_sweep_status(store.path, sweep_id)
+    if record is None:
+        raise LaunchError(f"sweep {sweep_id} has no status record in {_sweeps_root(store)}; "
+                          "stop its driver (sweeps/run.py) where it was started")
+    if record.get("status") not in SWEEP_ACTIVE:
+        raise LaunchError(f"sweep {sweep_id} is not running: its status is {record.get('status')}")
+    # recorded first: a driver that dies of the signal may still record its own end (Ray turns
+    # SIGTERM into SystemExit), and a record that is no longer active is never overwritten
+    write_sweep_status(store.path, sweep_id, if_status=SWEEP_ACTIVE, status="stopped",
+                       reason="stopped by the user", finished=time.time())
+    pid = record.get("pid")
+    if pid and sweep_alive(record):
+        _terminate_group(int(pid), record, timeout)
+    _end_trials(store, sweep_id, "stopped", f"sweep {sweep_id} was stopped by the user")
+    return read_sweep_status(store.path, sweep_id)
+
+
+def _terminate_group(pid: int, record: Mapping, timeout: float) -> None:
+    """SIGTERM the driver's process group (just the driver if it shares ours), SIGKILL after ``timeout``."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    mine = group == os.getpgid(0)
+
+    def send(sig):
+        try:
+            os.kill(pid, sig) if mine else os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sweep_alive(record):
+        time.sleep(0.1)
+    if sweep_alive(record):
+        send(signal.SIGKILL)
+        _wait_dead(pid, None, timeout=5.0)
+
+
+def list_sweeps(store: RunStore, reconcile_first: bool = True) -> pd.DataFrame:
+    """Every sweep of ``store``, newest first: those with a status record (failed ones with no trial
+    included) and those only known from their trials' ``sweep_id`` (status derived from the trials).
+
+    Columns: ``id, status, reason, started, finished, trials, trials_finished, trials_failed,
+    n_trials`` (planned), ``pid``, ``address``.
+    """
+    from workbench.sweep import read_sweep_status, sweep_ids_with_records
+
+    if reconcile_first:
+        reconcile_sweeps(store)
+    runs = store.runs()
+    by_sweep = {} if runs.empty else {k: g for k, g in runs[runs["sweep_id"].notna()].groupby("sweep_id")}
+    rows = []
+    for sweep_id in sorted(set(sweep_ids_with_records(store.path)) | set(by_sweep)):
+        trials = by_sweep.get(sweep_id)
+        counts = {"trials": 0, "trials_finished": 0, "trials_failed": 0}
+        if trials is not None:
+            counts = {"trials": len(trials), "trials_finished": int((trials["status"] == "finished").sum()),
+                      "trials_failed": int((trials["status"] == "failed").sum())}
+        record = read_sweep_status(store.path, sweep_id)
+        if record is None:  # a sweep from before status records: what its trials say
+            statuses = set(trials["status"])
+            status = ("running" if statuses & set(ACTIVE) else
+                      "failed" if statuses == {"failed"} else "finished")
+            record = {"status": status, "started": float(trials["created"].min()), "reason": None}
+        rows.append({"id": sweep_id, "status": record.get("status"), "reason": record.get("reason"),
+                     "started": record.get("started"), "finished": record.get("finished"), **counts,
+                     "n_trials": record.get("n_trials"), "pid": record.get("pid"), "address": record.get("address")})
+    columns = ["id", "status", "reason", "started", "finished", "trials", "trials_finished", "trials_failed",
+               "n_trials", "pid", "address"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values("started", ascending=False, na_position="last").reset_index(drop=True)

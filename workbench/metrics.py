@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 from workbench.taxonomy import Taxonomy
+
+if TYPE_CHECKING:  # pandas only inside curves_frame: the pure core does not import it
+    import pandas as pd
 
 CURVE_NAMES = ("coverage", "selective_accuracy", "accuracy", "null_false_positive_rate")
 MULTILABEL_CURVE_NAMES = ("element_accuracy", "exact_match", "micro_f1")
@@ -243,6 +246,8 @@ def best_thresholds(curves: dict[int, dict[str, torch.Tensor]], by: str = "accur
 
 def curves_frame(curves: dict[int, dict[str, torch.Tensor]], ranks: Sequence[str]) -> pd.DataFrame:
     """Tidy DataFrame ``(rank, curve, tau, value)`` from :func:`threshold_curves`' output."""
+    import pandas as pd
+
     frames = []
     for r, c in curves.items():
         tau = c["tau"].cpu().numpy()

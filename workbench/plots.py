@@ -8,6 +8,16 @@ Every builder is a pure function of DataFrames (the store's readers return them)
 - ``metrics long``: ``run_id, epoch, key, value`` (``RunStore.metrics``), plus any config columns
   to group by;
 - ``curves``: ``epoch, rank, curve, tau, value`` (``RunStore.curves``).
+
+Epochs: the store's ``epoch`` column is 0-based (the first epoch trained is ``epoch`` 0, as the
+trainer's loop counts). Everything a user sees is 1-based: the charts plot ``epoch + 1``
+(:func:`display_epoch`), so a run of 8 epochs is drawn at 1..8, the Train page says "epoch 8 / 8"
+when ``epochs_done`` is 8 and its epoch slider runs 1..8. Epoch axes have whole-number ticks only.
+The null-masking schedule's ``t`` is training progress in epochs (epoch ``k``, 1-based, spans
+``k - 1 <= t < k``), so a ramp that ends at ``END_EPOCH: 10`` ends with the 10th epoch.
+
+Colours: one per meaning, everywhere: chain vs partial-chain, and one colour per rank
+(:func:`rank_colours`) in every chart that draws ranks.
 """
 
 from __future__ import annotations
@@ -19,11 +29,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench import names as N
+
 # one colour per meaning, everywhere: chain vs partial-chain, train vs val by dash
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC",
            "#EECA3B")
 CHAIN_COLOUR, PARTIAL_COLOUR = "#4C78A8", "#F58518"
 NULL_COLOUR = "#BAB0AC"
+# ranks never take the chain, partial-chain or null colours (the loss chart draws the total in CHAIN_COLOUR)
+RANK_PALETTE = tuple(c for c in PALETTE if c not in (CHAIN_COLOUR, PARTIAL_COLOUR, NULL_COLOUR))
+EPOCH_OFFSET = 1  # displayed epoch = stored (0-based) epoch + EPOCH_OFFSET
 CURVE_LABELS = {
     "accuracy": "accuracy (null-aware)",
     "selective_accuracy": "selective accuracy",
@@ -31,11 +46,25 @@ CURVE_LABELS = {
     "null_false_positive_rate": "null false-positive rate",
 }
 METRIC_LABELS = {
-    "core/train_loss": "train loss", "core/val_loss": "val loss",
-    "core/train_chain_acc": "train chain acc", "core/val_chain_acc": "val chain acc",
-    "core/train_partial_chain_acc": "train partial-chain acc", "core/val_partial_chain_acc": "val partial-chain acc",
-    "schedule/null_inclusion_prob": "null inclusion prob",
+    N.TRAIN_LOSS: "train loss", N.VAL_LOSS: "val loss",
+    N.TRAIN_CHAIN_ACC: "train chain acc", N.VAL_CHAIN_ACC: "val chain acc",
+    N.TRAIN_PARTIAL_CHAIN_ACC: "train partial-chain acc", N.VAL_PARTIAL_CHAIN_ACC: "val partial-chain acc",
+    N.NULL_INCLUSION_PROB: "null inclusion prob", N.EPOCH_SECONDS: "epoch time (s)",
+    N.TRAIN_SAMPLES_PER_SEC: "train samples / s",
 }
+_PER_RANK = {"acc": "accuracy", "loss": "loss", "best_tau": "best τ"}
+
+
+def metric_label(key: str) -> str:
+    """A readable name for a metric key: ``val/acc/species`` -> ``val accuracy: species``; unknown keys as they are."""
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] in ("train", "val", "test") and parts[1] in _PER_RANK:
+        return f"{parts[0]} {_PER_RANK[parts[1]]}: {parts[2]}"
+    if len(parts) == 2 and parts[0] in ("train", "val", "test"):
+        return f"{parts[0]} {parts[1]}"
+    return key
 
 
 def _layout(fig: go.Figure, title: str, xaxis: str, yaxis: str, height: int = 360) -> go.Figure:
@@ -50,8 +79,37 @@ def _layout(fig: go.Figure, title: str, xaxis: str, yaxis: str, height: int = 36
     return fig
 
 
+def rank_colours(ranks: Sequence[str]) -> dict[str, str]:
+    """The colour of each rank (by its position, coarse to fine); every chart that draws ranks uses it."""
+    return {rank: RANK_PALETTE[i % len(RANK_PALETTE)] for i, rank in enumerate(ranks)}
+
+
+def display_epoch(epoch):
+    """The 1-based epoch a user sees for a stored 0-based ``epoch`` (a number, array or Series)."""
+    return epoch + EPOCH_OFFSET
+
+
 def _epochs(df: pd.DataFrame) -> np.ndarray:
-    return df["epoch"].to_numpy() if "epoch" in df else np.arange(len(df))
+    return display_epoch(df["epoch"].to_numpy() if "epoch" in df else np.arange(len(df)))
+
+
+def epoch_tick_step(span: float, max_ticks: int = 12) -> int:
+    """A whole-number tick step (1, 2, 5, 10, 20, 50, ...) giving at most ``max_ticks`` ticks over ``span``."""
+    step = 1
+    while span / step > max_ticks:
+        for factor in (2, 5, 10):
+            if span / (step * factor) <= max_ticks or factor == 10:
+                step *= factor
+                break
+    return step
+
+
+def _epoch_axis(fig: go.Figure, epochs, **kw) -> go.Figure:
+    """Whole-number ticks on an epoch x-axis (a 3-epoch run never gets ticks at 1.5)."""
+    epochs = np.asarray(epochs, dtype=float)
+    span = float(np.nanmax(epochs) - np.nanmin(epochs)) if epochs.size and np.isfinite(epochs).any() else 1.0
+    fig.update_xaxes(tickmode="linear", tick0=0, dtick=epoch_tick_step(max(span, 1.0)), tickformat="d", **kw)
+    return fig
 
 
 def _line(df: pd.DataFrame, key: str, name: str, colour: str, dash: str = "solid", **kw) -> go.Scatter:
@@ -67,8 +125,10 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 def schedule_preview(schedule, epochs: int, points_per_epoch: int = 20) -> go.Figure:
     """Null-label inclusion probability ``p(t)`` over training (a :class:`NullMaskSchedule`).
 
-    Trace 0: ``p`` at fractional epochs (what each batch uses); trace 1: the mean of ``p`` over each
-    epoch's batches (what the run logs as ``schedule/null_inclusion_prob``), at epochs ``0..epochs-1``.
+    Trace 0: ``p`` at training progress ``t`` in epochs (what each batch uses); trace 1: the mean of
+    ``p`` over each epoch's batches (what the run logs as ``schedule/null_inclusion_prob``), one marker
+    per epoch ``k = 1..epochs`` drawn at the middle of its span, ``t = k - 0.5`` (on a linear ramp the
+    mean equals ``p`` there, so the marker sits on the curve); its hover names the epoch.
     """
     epochs = max(int(epochs), 1)
     t = np.linspace(0.0, epochs, epochs * points_per_epoch + 1)
@@ -78,13 +138,13 @@ def schedule_preview(schedule, epochs: int, points_per_epoch: int = 20) -> go.Fi
     fig = go.Figure([
         go.Scatter(x=t, y=p, name="p(t) per batch", mode="lines", line={"color": PARTIAL_COLOUR, "width": 2},
                    fill="tozeroy", fillcolor="rgba(245,133,24,0.12)"),
-        go.Scatter(x=np.arange(epochs), y=per_epoch, name="epoch mean (logged)", mode="markers",
-                   marker={"color": CHAIN_COLOUR, "size": 6}),
+        go.Scatter(x=np.arange(epochs) + 0.5, y=per_epoch, name="epoch mean (logged)", mode="markers",
+                   marker={"color": CHAIN_COLOUR, "size": 6}, customdata=display_epoch(np.arange(epochs)),
+                   hovertemplate="epoch %{customdata}: mean p %{y:.3f}<extra></extra>"),
     ])
-    _layout(fig, "Null-label inclusion probability", "epoch", "P(null label counts in loss)", height=260)
+    _layout(fig, "Null-label inclusion probability", "epochs trained (t)", "P(null label counts in loss)", height=260)
     fig.update_yaxes(range=[-0.03, 1.03])
-    fig.update_xaxes(range=[0, epochs])
-    return fig
+    return _epoch_axis(fig, [0, epochs], range=[0, epochs])
 
 
 # ---------------------------------------------------------------------- one run
@@ -92,14 +152,16 @@ def loss_curves(metrics_wide: pd.DataFrame, ranks: Sequence[str] = ()) -> go.Fig
     """Total train and val loss per epoch; with ``ranks``, val loss per rank too (dotted)."""
     df = _sorted(metrics_wide)
     traces = []
-    for key, name, dash in (("core/train_loss", "train loss", "dash"), ("core/val_loss", "val loss", "solid")):
+    for key, name, dash in ((N.TRAIN_LOSS, "train loss", "dash"), (N.VAL_LOSS, "val loss", "solid")):
         if key in df:
             traces.append(_line(df, key, name, CHAIN_COLOUR, dash))
-    for i, rank in enumerate(ranks):
-        key = f"val/loss/{rank}"
+    colours = rank_colours(ranks)
+    for rank in ranks:
+        key = N.rank_key("val", N.LOSS, rank)
         if key in df:
-            traces.append(_line(df, key, f"val loss {rank}", PALETTE[(i + 2) % len(PALETTE)], "dot"))
-    return _layout(go.Figure(traces), "Loss (weighted hierarchical CE)", "epoch", "loss")
+            traces.append(_line(df, key, f"val loss {rank}", colours[rank], "dot"))
+    fig = _layout(go.Figure(traces), "Loss (weighted hierarchical CE)", "epoch", "loss")
+    return _epoch_axis(fig, _epochs(df))
 
 
 def chain_vs_partial(metrics_wide: pd.DataFrame) -> go.Figure:
@@ -110,23 +172,24 @@ def chain_vs_partial(metrics_wide: pd.DataFrame) -> go.Figure:
     """
     df = _sorted(metrics_wide)
     spec = [
-        ("core/train_chain_acc", "train chain", CHAIN_COLOUR, "dash"),
-        ("core/val_chain_acc", "val chain", CHAIN_COLOUR, "solid"),
-        ("core/train_partial_chain_acc", "train partial-chain", PARTIAL_COLOUR, "dash"),
-        ("core/val_partial_chain_acc", "val partial-chain", PARTIAL_COLOUR, "solid"),
+        (N.TRAIN_CHAIN_ACC, "train chain", CHAIN_COLOUR, "dash"),
+        (N.VAL_CHAIN_ACC, "val chain", CHAIN_COLOUR, "solid"),
+        (N.TRAIN_PARTIAL_CHAIN_ACC, "train partial-chain", PARTIAL_COLOUR, "dash"),
+        (N.VAL_PARTIAL_CHAIN_ACC, "val partial-chain", PARTIAL_COLOUR, "solid"),
     ]
     traces = [_line(df, key, name, colour, dash) for key, name, colour, dash in spec if key in df]
     fig = _layout(go.Figure(traces), "Chain vs partial-chain accuracy", "epoch", "accuracy")
     fig.update_yaxes(range=[0, 1.02])
-    return fig
+    return _epoch_axis(fig, _epochs(df))
 
 
 def rank_accuracy(metrics_wide: pd.DataFrame, ranks: Sequence[str]) -> go.Figure:
-    """Accuracy per rank over labelled samples: val solid, train dashed, one colour per rank."""
+    """Accuracy per rank over labelled samples: val solid, train dashed, one colour per rank (:func:`rank_colours`)."""
     df = _sorted(metrics_wide)
     traces = []
-    for i, rank in enumerate(ranks):
-        colour = PALETTE[i % len(PALETTE)]
+    colours = rank_colours(ranks)
+    for rank in ranks:
+        colour = colours[rank]
         for split, dash in (("val", "solid"), ("train", "dash")):
             key = f"{split}/acc/{rank}"
             if key in df:
@@ -135,7 +198,7 @@ def rank_accuracy(metrics_wide: pd.DataFrame, ranks: Sequence[str]) -> go.Figure
     fig.update_yaxes(range=[0, 1.02])
     if len(traces) > 4:  # room for a legend that wraps in a narrow column
         fig.update_layout(margin={"t": 40 + 24 * ((len(traces) + 1) // 2)}, height=360 + 12 * len(traces))
-    return fig
+    return _epoch_axis(fig, _epochs(df))
 
 
 def threshold_curves(
@@ -146,6 +209,8 @@ def threshold_curves(
 
     Per rank: one trace per curve (``value`` vs ``tau``); then, for each rank in ``best_tau``, one
     marker trace at ``(tau*, marked_curve(tau*))`` plus a vertical dotted line at ``tau*``.
+    ``ranks``: the run's ranks, coarse to fine (``RunStore.run_ranks``); None draws the ranks in the
+    frame's own row order (a frame read from the store is sorted by rank *name*: pass ``ranks``).
     """
     best_tau = dict(best_tau or {})
     if "epoch" in curves and curves["epoch"].nunique() > 1:
@@ -192,58 +257,159 @@ def smooth(values: pd.Series, smoothing: float) -> pd.Series:
 
 
 def overlay(
-    metrics: pd.DataFrame, key: str, smoothing: float = 0.0, group_by: str | None = None,
-    labels: Mapping[str, str] | None = None,
+    metrics: pd.DataFrame, key: str, smoothing: float = 0.0, group_by: str | Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None, epoch_offsets: Mapping[str, int] | None = None,
 ) -> go.Figure:
     """One metric of several runs on one chart.
 
     ``metrics``: long frame ``run_id, epoch, key, value`` (other keys are ignored). Each run's series
     is smoothed (:func:`smooth`). Without ``group_by``: one line per run (named by ``labels``). With
-    ``group_by`` (a column of ``metrics``, e.g. ``LOSS.W`` joined from the run configs): per group,
-    the mean over its runs at each epoch and a band of +- one standard deviation (pandas ``std``,
-    ddof 1; no band for a single run), as three traces: upper, lower (filled), mean.
+    ``group_by`` (a column of ``metrics``, e.g. ``LOSS.W`` joined from the run configs, or several
+    columns: one group per combination of their values): per group, the mean over its runs at each
+    epoch and a band of +- one standard deviation (pandas ``std``, ddof 1; no band for a single run),
+    as three traces: upper, lower (filled), mean. ``epoch_offsets`` (run id -> epochs, from
+    :func:`lineage_offsets`) shifts a run's epochs, so a phase-2 run continues its parent's.
+    x is the displayed (1-based) epoch.
     """
     labels = dict(labels or {})
     df = metrics[metrics["key"] == key] if "key" in metrics else metrics
     df = df.sort_values(["run_id", "epoch"]).copy()
     df["smoothed"] = df.groupby("run_id", sort=False)["value"].transform(lambda s: smooth(s, smoothing))
+    offsets = df["run_id"].map(dict(epoch_offsets or {})).fillna(0).astype(int)
+    df["x"] = display_epoch(df["epoch"] + offsets)
     fig = go.Figure()
-    title = METRIC_LABELS.get(key, key)
+    title = metric_label(key)
     if group_by is None:
         for i, (run_id, run) in enumerate(df.groupby("run_id", sort=False)):
             fig.add_trace(go.Scatter(
-                x=run["epoch"].to_numpy(), y=run["smoothed"].to_numpy(), mode="lines", name=labels.get(run_id, run_id),
+                x=run["x"].to_numpy(), y=run["smoothed"].to_numpy(), mode="lines", name=labels.get(run_id, run_id),
                 line={"color": PALETTE[i % len(PALETTE)], "width": 2}, hovertemplate="%{y:.4f}",
             ))
     else:
-        stats = df.groupby([group_by, "epoch"])["smoothed"].agg(["mean", "std", "count"]).reset_index()
-        for i, (group, g) in enumerate(stats.groupby(group_by, sort=True)):
+        cols = [group_by] if isinstance(group_by, str) else list(group_by)
+        stats = df.groupby([*cols, "x"])["smoothed"].agg(["mean", "std", "count"]).reset_index()
+        for i, (group, g) in enumerate(stats.groupby(cols if len(cols) > 1 else cols[0], sort=True)):
             colour = PALETTE[i % len(PALETTE)]
             rgb = tuple(int(colour[j : j + 2], 16) for j in (1, 3, 5))
             std = g["std"].fillna(0.0).to_numpy()
             mean = g["mean"].to_numpy()
-            name = f"{group_by}={group}"
-            fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(), y=mean + std, mode="lines", line={"width": 0},
+            parts = group if isinstance(group, tuple) else (group,)
+            name = ", ".join(f"{c}={v}" for c, v in zip(cols, parts))
+            fig.add_trace(go.Scatter(x=g["x"].to_numpy(), y=mean + std, mode="lines", line={"width": 0},
                                      showlegend=False, legendgroup=name, hoverinfo="skip", name=f"{name} +1sd"))
-            fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(), y=mean - std, mode="lines", line={"width": 0},
+            fig.add_trace(go.Scatter(x=g["x"].to_numpy(), y=mean - std, mode="lines", line={"width": 0},
                                      fill="tonexty", fillcolor=f"rgba({rgb[0]},{rgb[1]},{rgb[2]},0.18)",
                                      showlegend=False, legendgroup=name, hoverinfo="skip", name=f"{name} -1sd"))
             n = int(g["count"].max())
-            fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(), y=mean, mode="lines", legendgroup=name,
+            fig.add_trace(go.Scatter(x=g["x"].to_numpy(), y=mean, mode="lines", legendgroup=name,
                                      name=f"{name} (n={n})", line={"color": colour, "width": 2.5},
                                      hovertemplate="%{y:.4f}"))
-        title += f" by {group_by} (mean ± 1 sd)"
+        title += f" by {', '.join(cols)} (mean ± 1 sd)"
     if smoothing:
         title += f", smoothing {smoothing:g}"
-    return _layout(fig, title, "epoch", METRIC_LABELS.get(key, key), height=380)
+    fig = _layout(fig, title, "epoch", metric_label(key), height=380)
+    return _epoch_axis(fig, df["x"]) if len(df) else fig
+
+
+# ---------------------------------------------------------------------- run tables
+# config sections worth comparing runs on, and keys never worth it (paths, devices, the parent's id)
+CONFIG_SECTIONS = ("DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE")
+SKIP_PREFIXES = ("TRACKING.", "DATA.PATH", "TRAIN.INIT_FROM", "TRAIN.DEVICE", "TRAIN.NUM_THREADS")
+
+
+def _comparable(values: pd.Series) -> pd.Series:
+    """Lists and dicts (``MODEL.HIDDEN``) as text, so they compare and group like scalars."""
+    return values.map(lambda v: str(v) if isinstance(v, (list, dict)) else v)
+
+
+def config_keys(frame: pd.DataFrame) -> list[str]:
+    """The flattened config columns (``LOSS.W``, ...) of a run table worth comparing on."""
+    return [c for c in frame.columns if "." in str(c) and str(c).split(".")[0] in CONFIG_SECTIONS
+            and not str(c).startswith(SKIP_PREFIXES)]
+
+
+def varying_config_keys(frame: pd.DataFrame) -> list[str]:
+    """Config columns (``LOSS.W``, ...) whose value differs between the rows of ``frame``."""
+    return [c for c in config_keys(frame) if _comparable(frame[c]).nunique(dropna=False) > 1]
+
+
+def varying_within_groups(runs: pd.DataFrame, group_by: str | Sequence[str]) -> list[str]:
+    """Keys that differ between runs of the SAME group when ``runs`` (one row per run, config flattened)
+    is grouped by ``group_by``: other config keys, and ``status`` (a stopped run averaged with finished ones).
+
+    Empty when every group is homogeneous apart from ``group_by`` (the mean over a group is then a
+    mean over seeds, say, only if ``TRAIN.SEED`` is the one key listed).
+    """
+    cols = [group_by] if isinstance(group_by, str) else list(group_by)
+    candidates = [c for c in [*config_keys(runs), "status"] if c in runs and c not in cols]
+    if runs.empty or not candidates:
+        return []
+    keyed = runs[cols].apply(_comparable)
+    out = []
+    for col in candidates:
+        values = _comparable(runs[col]).astype(str)  # NaN (a key one run lacks) counts as a value
+        if values.groupby([keyed[c] for c in cols], dropna=False).nunique().gt(1).any():
+            out.append(col)
+    return out
+
+
+def lineage_offsets(runs: pd.DataFrame) -> dict[str, int]:
+    """Run id -> epochs trained by its ancestors (``parent_id`` chain, each ancestor's ``epochs_done``).
+
+    A phase-2 run's epoch ``e`` continues its parent's at ``offset + e``; a run without a parent (or
+    whose parent is not in ``runs``) gets 0. ``runs`` needs columns ``id, parent_id, epochs_done``.
+    """
+    parent = {r: p for r, p in zip(runs["id"], runs["parent_id"]) if isinstance(p, str) and p}
+    done = {r: int(d or 0) for r, d in zip(runs["id"], runs["epochs_done"])}
+    offsets: dict[str, int] = {}
+    for run_id in runs["id"]:
+        total, seen, node = 0, {run_id}, run_id
+        while node in parent and parent[node] in done and parent[node] not in seen:  # a cycle would loop
+            node = parent[node]
+            seen.add(node)
+            total += done[node]
+        offsets[run_id] = total
+    return offsets
+
+
+BEST_TAU_BY = ("accuracy", "micro_f1")  # the trainer picks tau by null-aware accuracy (micro-F1 for a BCE rank)
+
+
+def best_tau_table(curves: pd.DataFrame, ranks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per rank, the best threshold of one epoch's curves and every curve's value there.
+
+    ``curves``: ``RunStore.curves`` (the last epoch is used when there are several). Per rank the
+    curve maximised is the first of :data:`BEST_TAU_BY` it has; NaN never wins and ties go to the
+    smallest ``tau`` (as :func:`workbench.metrics.best_thresholds`). Columns: ``rank``, ``by``,
+    ``tau``, then one column per curve (``accuracy``, ``coverage``, ``selective_accuracy``, ...).
+    ``ranks``: the run's ranks in order (``RunStore.run_ranks``); None: the frame's row order.
+    """
+    if "epoch" in curves and curves["epoch"].nunique() > 1:
+        curves = curves[curves["epoch"] == curves["epoch"].max()]
+    ranks = list(ranks) if ranks is not None else list(dict.fromkeys(curves["rank"]))
+    names = list(dict.fromkeys(curves["curve"]))
+    rows = []
+    for rank in ranks:
+        sub = curves[curves["rank"] == rank]
+        by = next((b for b in BEST_TAU_BY if (sub["curve"] == b).any()), None)
+        if by is None:
+            continue
+        c = sub[sub["curve"] == by].sort_values("tau", kind="stable")
+        i = int(np.argmax(np.nan_to_num(c["value"].to_numpy(dtype=float), nan=-np.inf)))
+        tau = float(c["tau"].iloc[i])
+        at = sub[np.isclose(sub["tau"].to_numpy(dtype=float), tau)].drop_duplicates("curve").set_index("curve")["value"]
+        rows.append({"rank": rank, "by": by, "tau": tau, **{n: float(at.get(n, np.nan)) for n in names}})
+    return pd.DataFrame(rows, columns=["rank", "by", "tau", *names])
 
 
 def final_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Last epoch's value of every key per run: index ``run_id``, one column per key."""
+    """Last epoch's value of every key per run: index ``run_id``, one column per key
+    (:func:`workbench.summaries.metric_values` with ``how="last"``: the one definition of "final")."""
+    from workbench.summaries import metric_values
+
     if metrics.empty:
         return pd.DataFrame()
-    last = metrics.sort_values("epoch").groupby(["run_id", "key"])["value"].last()
-    return last.unstack("key")
+    return metric_values(metrics, "last")
 
 
 def parallel_coords(
@@ -358,4 +524,41 @@ def class_counts(counts: pd.DataFrame, rank: str, top: int | None = 60) -> go.Fi
     more = f" (top {top} of {len(df)})" if top and len(df) > top else ""
     _layout(fig, f"Samples per class at {rank}{more}", rank, "samples", height=340)
     fig.update_layout(hovermode="closest", showlegend=False)
+    return fig
+
+
+CLASS_BAR_PX = 22  # height of one class's bar in :func:`class_count_bars`
+CLASS_BARS_MIN_HEIGHT = 280  # px: a rank with a few classes still gets a readable plot area
+CLASS_BARS_MARGIN_PX = 110  # px: title and axis above and below the bars
+
+
+def class_count_bars(counts: pd.DataFrame, rank: str, log_x: bool = False, top: int | None = 60) -> go.Figure:
+    """Horizontal bars of ``HierarchicalDataset.class_counts(rank)``, largest on top, null bar grey.
+
+    Long class names (ratdat's species binomials) read along the y axis instead of being rotated
+    under the plot, and the figure is as tall as its bars need (:data:`CLASS_BAR_PX` per class,
+    at least :data:`CLASS_BARS_MIN_HEIGHT`), so the plot area never shrinks to a sliver. ``log_x``
+    puts the counts on a log axis, where a class of 10 samples stays visible beside one of 10,000.
+    ``top`` keeps the largest classes only (the title says how many were left out).
+    """
+    df = counts.copy()
+    df["label"] = df["class"].map(lambda c: "(null)" if c is None or c != c else str(c))
+    df = df.sort_values("count", ascending=False, kind="stable")
+    shown = df.head(top) if top else df
+    if log_x:  # a bar of 0 has no place on a log axis
+        shown = shown[shown["count"] > 0]
+    colours = [NULL_COLOUR if lab == "(null)" else CHAIN_COLOUR for lab in shown["label"]]
+    fig = go.Figure(go.Bar(
+        x=shown["count"], y=shown["label"], orientation="h", marker_color=colours,
+        text=[f"{c:,}" for c in shown["count"]], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}: %{x:,} samples<extra></extra>",
+    ))
+    more = f" (top {top} of {len(df)})" if top and len(df) > top else ""
+    height = max(CLASS_BARS_MIN_HEIGHT, CLASS_BAR_PX * len(shown) + CLASS_BARS_MARGIN_PX)
+    _layout(fig, f"Samples per class at {rank}{more}", "samples" + (" (log scale)" if log_x else ""), rank,
+            height=height)
+    fig.update_layout(hovermode="closest", showlegend=False, margin={"t": 60, "r": 50})
+    fig.update_xaxes(type="log" if log_x else "linear", rangemode="tozero" if not log_x else "normal")
+    # largest first from the top; every class name shown (no tick thinning)
+    fig.update_yaxes(autorange="reversed", automargin=True, type="category", dtick=1)
     return fig

@@ -1,27 +1,35 @@
 """Ray Tune adapter: search space, trainable, driver-side store callback, run/resume a sweep.
 
-One trial = one :class:`~workbench.trainer.Trainer` run. The trial reports every epoch with
-``ray.tune.report`` (with a checkpoint, so ASHA and restarts work) and logs to W&B itself when
-enabled (workers don't inherit the driver's environment: mode and folder are passed explicitly).
-The *driver* writes every reported result into the local run store through :class:`StoreCallback`,
-so the dashboard shows trials live even when they run on other nodes. ``ray`` is imported lazily.
+One trial = one :class:`~workbench.trainer.Trainer` run without a store. The trial reports every
+epoch's whole result (metrics, curves, health) and its start event (resolved config, ranks,
+reproducibility record) with ``ray.tune.report`` (with a checkpoint, so ASHA and restarts work) and
+logs to W&B itself when enabled (workers don't inherit the driver's environment: mode and folder
+are passed explicitly). The *driver* rebuilds the events and records them in the local run store
+through :class:`StoreCallback` with the same store sink a single run uses, so a trial's record
+equals a single run's and the dashboard shows trials live even when they run on other nodes.
+``ray`` is imported lazily.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.config import Config, ConfigError, apply_overrides
-from workbench.events import BaseSink, EpochResult
+from workbench.config import Config, ConfigError, apply_overrides, flatten
+from workbench.events import BaseSink, EpochResult, RunFinished, RunStarted
 from workbench.store import RunStore
 
 # sweep-friendly names for the keys researchers sweep most
@@ -33,11 +41,37 @@ ALIASES = {
     "phase1": "TRAIN.PHASE1_MASK_NULL_LOSS",
     "seed": "TRAIN.SEED",
 }
-SELECTION_METRIC = "core/val_partial_chain_acc"
+from workbench.names import (  # noqa: E402,F401 (one home: names.py; re-exported here)
+    DEFAULT_STORE, MAX_TRIALS, RESULTS_DIR, SELECT_BY_DEFAULT as SELECTION_METRIC, STATUS_FILE, SWEEP_ACTIVE,
+    SWEEP_STATUSES, SWEEPS_DIR, wandb_dir_for,
+)
+
+# a sweep's life, as recorded in <store dir>/sweeps/<sweep id>/status.json (see write_sweep_status)
+# a sweep id names folders (Tune's experiment, the sweep folder) and log files: a safe, bounded alphabet
+SWEEP_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+SWEEP_ID_RULE = "letters, digits, '_', '-' and '.', not starting with '.', at most 64 characters"
+CONNECT_TIMEOUT_S = 3.0  # how long to wait for a Ray cluster's GCS port before calling it unreachable
+DEFAULT_RAY_PORT = 6379
 
 
 def new_sweep_id() -> str:
     return "sweep-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+
+
+def validate_sweep_id(sweep_id: str) -> str:
+    """``sweep_id`` if it is safe as a folder and file name (``../x`` is not), else a ConfigError."""
+    if not isinstance(sweep_id, str) or not SWEEP_ID_PATTERN.fullmatch(sweep_id):
+        raise ConfigError(f"sweep id must be {SWEEP_ID_RULE}, got {sweep_id!r}")
+    return sweep_id
+
+
+def child_path(parent: str | os.PathLike, sweep_id: str) -> Path:
+    """``<parent>/<sweep id>``, checked to stay inside ``parent`` after resolving links."""
+    root = Path(parent).resolve()
+    path = (root / validate_sweep_id(sweep_id)).resolve()
+    if path.parent != root:  # cannot happen with a valid id; an invariant, not input validation
+        raise ConfigError(f"sweep id {sweep_id!r} would leave {root}")
+    return path
 
 
 def trial_run_id(sweep_id: str, trial_id: str) -> str:
@@ -73,6 +107,8 @@ class SweepSpec:
         base = Config.from_dict(self.base, source="sweep base config")
         if self.seeds < 1:
             raise ConfigError(f"`--seeds` must be >= 1, got {self.seeds}")
+        if self.num_samples < 1:
+            raise ConfigError(f"`--num-samples` must be >= 1, got {self.num_samples}")
         grid = self.resolved_grid()
         for key, values in grid.items():
             if not values:
@@ -95,6 +131,19 @@ class SweepSpec:
             n *= len(values)
         return n * self.num_samples
 
+    def check_size(self, max_trials: int | None = MAX_TRIALS) -> None:
+        """A ConfigError when the sweep has more than ``max_trials`` trials (``None``: no limit).
+
+        Cheap (no config is built), so it runs before :meth:`validate` walks every combination.
+        """
+        n = self.num_trials()
+        if max_trials is not None and n > max_trials:
+            sizes = " x ".join(f"{len(v)} {k}" for k, v in self.resolved_grid().items())
+            if self.num_samples > 1:
+                sizes += f" x {self.num_samples} samples"
+            raise ConfigError(f"the sweep has {n} trials ({sizes}), more than the limit of {max_trials}; "
+                              f"pass --max-trials {n} (or --yes) to run it")
+
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
     """A flat Tune space ``{"LOSS.W": grid_search([...]), ...}``."""
@@ -116,14 +165,173 @@ def trial_config(base: Mapping, params: Mapping, sweep_id: str, wandb_dir: str |
     return Config.from_dict(apply_overrides(dict(base), overrides), source=f"sweep {sweep_id} trial")
 
 
+# ---------------------------------------------------------------------- the sweep's status record
+def sweep_dir(store_path: str | os.PathLike, sweep_id: str) -> Path:
+    """``<store dir>/sweeps/<sweep id>``: the sweep's status record, results table and figure."""
+    return child_path(Path(store_path).resolve().parent / SWEEPS_DIR, sweep_id)
+
+
+def status_path(store_path: str | os.PathLike, sweep_id: str) -> Path:
+    return sweep_dir(store_path, sweep_id) / STATUS_FILE
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on ``path`` (created) for a read-modify-write by several processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_sweep_status(store_path: str | os.PathLike, sweep_id: str) -> dict | None:
+    """The sweep's status record, or None when it has none (a sweep run before records existed)."""
+    path = status_path(store_path, sweep_id)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable sweep status record: {e}") from None
+
+
+def write_sweep_status(store_path: str | os.PathLike, sweep_id: str, create: bool = True,
+                       if_status: Sequence[str] | None = None, **fields) -> dict | None:
+    """Merge ``fields`` into the sweep's status record (atomically: a temp file, then ``os.replace``).
+
+    The launcher, the driver and the dashboard all write it, so the read-modify-write holds a file
+    lock. With ``create=False`` nothing is written when the sweep has no record yet (returns None):
+    a rejected command line leaves no trace. With ``if_status``, nothing is written (returns None)
+    unless the recorded status is one of those (so a late "failed" never overwrites "finished").
+    ``status`` must be one of :data:`SWEEP_STATUSES`; ``updated`` is set.
+    """
+    status = fields.get("status")
+    if status is not None and status not in SWEEP_STATUSES:
+        raise ConfigError(f"sweep status must be one of {', '.join(SWEEP_STATUSES)}, got {status!r}")
+    path = status_path(store_path, sweep_id)
+    if not create and not path.is_file():
+        return None
+    with file_lock(path.with_name(STATUS_FILE + ".lock")):
+        record = read_sweep_status(store_path, sweep_id)
+        if record is None:
+            if not create:
+                return None
+            record = {"id": sweep_id}
+        if if_status is not None and record.get("status") not in if_status:
+            return None
+        record.update(fields, updated=time.time())
+        tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+    return record
+
+
+def sweep_ids_with_records(store_path: str | os.PathLike) -> list[str]:
+    """The ids of the sweeps that have a status record next to the store."""
+    root = Path(store_path).resolve().parent / SWEEPS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob(f"*/{STATUS_FILE}") if SWEEP_ID_PATTERN.fullmatch(p.parent.name))
+
+
+def check_reuse(store: RunStore, sweep_id: str, spec: SweepSpec) -> None:
+    """A ConfigError when ``sweep_id`` already has trials in ``store`` that this sweep would not run.
+
+    A reused id adds trials to the same sweep (its table and chart mix both), so the stored trials'
+    configs must be points of this sweep: swept keys inside the grid (or distribution bounds),
+    every other key equal to the base. Tracking keys and thread counts may differ.
+    """
+    runs = store.runs(sweep_id=sweep_id)
+    if runs.empty:
+        return
+    base = flatten(_absolute_paths(Config.from_dict(spec.base).to_dict()))
+    grid = spec.resolved_grid()
+    dists = {ALIASES.get(k, k): v for k, v in spec.distributions.items()}
+
+    def ignored(key: str) -> bool:
+        return key.startswith("TRACKING.") or key == "TRAIN.NUM_THREADS"
+
+    hint = f"use --resume {sweep_id} to continue it, or another --sweep-id"
+    where = f"sweep {sweep_id!r} already has {len(runs)} trials in {store.path}"
+    for run_id in sorted(runs["id"]):
+        old = flatten(store.run(run_id)["config"])
+        for key in sorted(set(old) | set(base)):
+            if ignored(key):
+                continue
+            value = old.get(key)
+            if key in grid:
+                if value not in grid[key]:
+                    raise ConfigError(f"{where} with `{key}` = {value!r} (trial {run_id}), which is not in this "
+                                      f"sweep's values {grid[key]}; {hint}")
+            elif key in dists:
+                _, lo, hi = dists[key]
+                if not (isinstance(value, (int, float)) and lo <= value <= hi):
+                    raise ConfigError(f"{where} with `{key}` = {value!r} (trial {run_id}), outside this sweep's "
+                                      f"range [{lo:g}, {hi:g}]; {hint}")
+            elif value != base.get(key):
+                raise ConfigError(f"{where} with a different config: `{key}` is {value!r} there "
+                                  f"(trial {run_id}) and {base.get(key)!r} here; {hint}")
+
+
 # ---------------------------------------------------------------------- trial side
+EVENT_KEY = "workbench_event"  # the key of a Tune result that carries the trial's whole events (JSON text)
+TRAINER_DIR = "trainer"  # in Tune's trial folder: the trial trainer's checkpoint and lock
+
+
+def encode_events(started: RunStarted | None, result: EpochResult) -> str:
+    """A trial's events for one report, as JSON text (it crosses nodes through Tune's result).
+
+    Curves travel as a dict of columns; NaN metrics are kept (JSON ``NaN``, read back by ``json``).
+    """
+    curves = result.curves
+    payload = {
+        "epoch": {
+            "run_id": result.run_id, "epoch": result.epoch, "metrics": dict(result.metrics),
+            "curves": {c: curves[c].tolist() for c in curves.columns}, "health": dict(result.health),
+        },
+    }
+    if started is not None:
+        payload["started"] = {
+            "run_id": started.run_id, "config": dict(started.config), "ranks": list(started.ranks),
+            "start_epoch": started.start_epoch, "parent_id": started.parent_id,
+            "environment": dict(started.environment), "pid": started.pid,
+        }
+    return json.dumps(payload)
+
+
+def decode_events(text: str) -> tuple[RunStarted | None, EpochResult]:
+    """The inverse of :func:`encode_events`: ``(RunStarted or None, EpochResult)``."""
+    import pandas as pd
+
+    payload = json.loads(text)
+    e = payload["epoch"]
+    curves = pd.DataFrame(e["curves"], columns=list(e["curves"]) or ["split", "rank", "curve", "tau", "value"])
+    result = EpochResult(e["run_id"], int(e["epoch"]), e["metrics"], curves, e["health"])
+    s = payload.get("started")
+    started = None if s is None else RunStarted(
+        s["run_id"], s["config"], tuple(s["ranks"]), int(s["start_epoch"]), s["parent_id"], s["environment"], s["pid"])
+    return started, result
+
+
 class TuneReportSink(BaseSink):
-    """Reports each epoch to Tune with a checkpoint of the trainer's state after that epoch."""
+    """Reports each epoch to Tune: the whole :class:`EpochResult` (metrics, curves, health) and, with
+    every report, the run's :class:`RunStarted` (resolved config, ranks, environment), plus a
+    checkpoint of the trainer's state after that epoch. The metrics are also top-level keys of the
+    result, for Tune's schedulers and searchers. The driver's :class:`StoreCallback` rebuilds the
+    events and feeds them to the store sink.
+    """
 
     name = "ray-tune"
 
     def __init__(self, state_fn):
         self.state_fn = state_fn
+        self.started: RunStarted | None = None
+
+    def on_start(self, event: RunStarted) -> None:
+        self.started = event
 
     def on_epoch(self, event: EpochResult) -> None:
         from ray import tune
@@ -132,12 +340,18 @@ class TuneReportSink(BaseSink):
 
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp) / CHECKPOINT_NAME, self.state_fn(event.epoch))
-            metrics = {**event.metrics, "epoch": event.epoch, "run_id": event.run_id}
+            metrics = {**event.metrics, "epoch": event.epoch, "run_id": event.run_id,
+                       EVENT_KEY: encode_events(self.started, event)}
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None = None, threads: int = 1) -> None:
-    """The Tune function trainable: one Trainer run, resumed from Tune's checkpoint after a restart."""
+    """The Tune function trainable: one Trainer run, resumed from Tune's checkpoint after a restart.
+
+    The trial has no store of its own: its trainer keeps its checkpoint in Tune's trial folder and
+    reports every event to the driver (:class:`TuneReportSink`), which records it; so a trial on
+    another node of a cluster needs no shared disk.
+    """
     from ray import tune
 
     from workbench.store import CHECKPOINT_NAME
@@ -146,15 +360,13 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
     ctx = tune.get_context()
     run_id = trial_run_id(sweep_id, ctx.get_trial_id())
     cfg = trial_config(base, params, sweep_id, wandb_dir).with_overrides({"TRAIN.NUM_THREADS": threads})
-    # a trial-local store holds the trainer's own bookkeeping; the driver writes the shared store
-    store = RunStore(Path(ctx.get_trial_dir()) / "trial.db")
+    target = Path(ctx.get_trial_dir()) / TRAINER_DIR / CHECKPOINT_NAME
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            target = store.checkpoint_path(run_id)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(d) / CHECKPOINT_NAME, target)
-    trainer = Trainer(cfg, store=store, run_id=run_id, progress=False, sweep_id=sweep_id)
+    trainer = Trainer(cfg, run_id=run_id, progress=False, checkpoint_path=target)
     trainer.sinks.append(TuneReportSink(trainer.state_dict))
     trainer.fit(resume=checkpoint is not None)
 
@@ -163,42 +375,63 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
 def _store_callback_class():
     from ray import tune
 
+    from workbench.tracking import StoreSink
+
     class StoreCallback(tune.Callback):
-        """Driver-side: writes every trial's reported epochs into the local run store."""
+        """Driver-side: records every trial in the local run store through the same
+        :class:`~workbench.tracking.StoreSink` a single run uses, from the events the trial reports."""
 
         def __init__(self, store_path: str, sweep_id: str, base: dict, wandb_dir: str | None):
             self.store_path, self.sweep_id, self.base, self.wandb_dir = store_path, sweep_id, base, wandb_dir
-            self._store = None
+            self._sink = None
+            self._started: dict[str, RunStarted] = {}  # the start event last recorded, per run
 
         @property
         def store(self) -> RunStore:
-            if self._store is None:
-                self._store = RunStore(self.store_path)
-            return self._store
+            return self.sink.store
+
+        @property
+        def sink(self) -> StoreSink:
+            if self._sink is None:
+                self._sink = StoreSink(RunStore(self.store_path))
+            return self._sink
+
+        def __getstate__(self):  # Tune snapshots callbacks with the experiment state: no live objects
+            return {**self.__dict__, "_sink": None, "_started": {}}
 
         def _run_id(self, trial) -> str:
             return trial_run_id(self.sweep_id, trial.trial_id)
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            """The row exists from the start (queued, as a launcher creates it) with the config the trial
+            will run; the trial's first report replaces it with what it really ran."""
             run_id = self._run_id(trial)
-            if self.store.has_run(run_id):
-                self.store.update_run(run_id, status="running", error=None)
+            if self.store.has_run(run_id):  # resumed or restarted: queued again until it reports
+                self.store.update_run(run_id, status="queued", error=None)
                 return
             try:
                 config = trial_config(self.base, trial.config, self.sweep_id, self.wandb_dir).to_dict()
             except ConfigError:
                 config = apply_overrides(dict(self.base), {k: v for k, v in trial.config.items() if "." in k})
-            self.store.create_run(config, name=run_id, run_id=run_id, sweep_id=self.sweep_id, status="running")
+            self.store.create_run(config, name=run_id, run_id=run_id, sweep_id=self.sweep_id, status="queued")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
-            self.store.write_epoch(self._run_id(trial), int(result["epoch"]), metrics)
+            started, epoch = decode_events(result[EVENT_KEY])
+            if started is not None and self._started.get(started.run_id) != started:
+                self.sink.on_start(started)  # first report of this (re)start of the trial
+                self._started[started.run_id] = started
+            self.sink.on_epoch(epoch)
+
+        def _epochs_done(self, trial) -> int:
+            last = getattr(trial, "last_result", None) or {}
+            return int(last["epoch"]) + 1 if "epoch" in last else 0
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.store.update_run(self._run_id(trial), status="finished")
+            self.sink.on_finish(RunFinished(self._run_id(trial), "finished", self._epochs_done(trial)))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.store.update_run(self._run_id(trial), status="failed", error=_trial_error_text(trial))
+            self.sink.on_finish(RunFinished(self._run_id(trial), "failed", self._epochs_done(trial),
+                                            _trial_error_text(trial)))
 
     return StoreCallback
 
@@ -214,8 +447,8 @@ def _trial_error_text(trial) -> str:
 class SweepSettings:
     """How to run: where, with what resources, which scheduler/searcher, where results go."""
 
-    store_path: str = "runs/workbench.db"
-    results_dir: str = "ray_results"
+    store_path: str = DEFAULT_STORE
+    results_dir: str = RESULTS_DIR
     address: str | None = None  # None = local Ray; "auto" or "host:port" = a cluster
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -230,9 +463,97 @@ class SweepSettings:
     verbose: int = 1
     keep_checkpoints: int | None = None  # None = all (trial checkpoints of these models are small)
 
+    def validate(self) -> None:
+        """Resource settings Tune would accept and then wait on forever; checked before Ray starts.
+
+        On a local Ray the machine's CPUs and GPUs are known here; a cluster's are checked once
+        joined (:func:`check_cluster_resources`).
+        """
+        if self.cpus_per_trial < 0:
+            raise ConfigError(f"`--cpus-per-trial` must be >= 0, got {self.cpus_per_trial:g}")
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"`--gpus-per-trial` must be >= 0, got {self.gpus_per_trial:g}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError(f"`--gpus-per-trial` above 1 must be a whole number, got {self.gpus_per_trial:g}")
+        if self.max_concurrent < 0:
+            raise ConfigError(f"`--max-concurrent` must be >= 1, got {self.max_concurrent}")
+        if self.max_failures < 0:
+            raise ConfigError(f"`--max-failures` must be >= 0, got {self.max_failures}")
+        if self.address:
+            return
+        cpus = os.cpu_count() or 1
+        if self.cpus_per_trial > cpus:
+            raise ConfigError(f"`--cpus-per-trial` {self.cpus_per_trial:g} is more than the {cpus} CPUs of this "
+                              "machine (local Ray): no trial could ever start")
+        if self.gpus_per_trial > 0:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            if self.gpus_per_trial > gpus:
+                raise ConfigError(f"`--gpus-per-trial` {self.gpus_per_trial:g} needs a GPU, but this machine has "
+                                  f"{gpus} (torch.cuda.device_count() = {gpus}): no trial could ever start")
+
+
+def check_cluster_resources(settings: SweepSettings) -> None:
+    """Once Ray is up: a ConfigError when one trial needs more CPUs or GPUs than the whole cluster has."""
+    import ray
+
+    if not ray.is_initialized():  # Tune starts a local instance itself; SweepSettings.validate checked it
+        return
+    total = ray.cluster_resources()
+    where = f"the Ray cluster at {settings.address}" if settings.address else "the local Ray instance"
+    for name, flag, need in (("CPU", "--cpus-per-trial", settings.cpus_per_trial),
+                             ("GPU", "--gpus-per-trial", settings.gpus_per_trial)):
+        have = float(total.get(name, 0.0))
+        if need > have:
+            raise ConfigError(f"`{flag}` {need:g} is more than the {have:g} {name}s of {where}: "
+                              "no trial could ever start")
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A LaunchError naming ``address`` when nothing answers on its port within ``timeout`` seconds.
+
+    ``ray.init`` on an address that does not answer hangs for minutes; a plain TCP connect to the
+    GCS port (or the Ray client port of a ``ray://`` address) tells at once. ``"auto"`` is left to Ray
+    (it reads the local cluster's address file and fails fast when there is none).
+    """
+    from workbench.launch import LaunchError
+
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port_text = target.rpartition(":")
+    if not sep:
+        host, port_text = target, str(10001 if address.startswith("ray://") else DEFAULT_RAY_PORT)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise LaunchError(f"Ray cluster address {address!r} must be 'auto' or host:port, e.g. 127.0.0.1:6379") from None
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except TimeoutError:
+        raise LaunchError(f"cannot reach the Ray cluster at {address}: no answer on {host}:{port} within "
+                          f"{timeout:g} s; is `ray start --head` running there?") from None
+    except OSError as e:
+        checked = "" if address == f"{host}:{port}" else f" ({host}:{port})"
+        raise LaunchError(f"cannot reach the Ray cluster at {address}{checked}: {e.strerror or e}; "
+                          "is `ray start --head` running there?") from None
+
+
+# Ray resolves "127.0.0.1" to the machine's address unless its cluster mode is off; with it off the
+# node's address is loopback and every Ray server (GCS, raylet, workers) listens on 127.0.0.1 only.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
 
 def connect_ray(address: str | None, temp_dir: str | None = None, num_cpus: int | None = None) -> None:
-    """Start or join Ray once per process (a no-op when already connected)."""
+    """Start or join Ray once per process (a no-op when already connected).
+
+    A local instance (``address`` None) listens on 127.0.0.1 only; a cluster address is checked
+    with :func:`check_reachable` first, so a dead address is an error in seconds, not a hang.
+    """
+    if address is None:
+        os.environ.update(LOOPBACK_ENV)  # read when ray is imported: set it first
     import ray
 
     if ray.is_initialized():
@@ -240,11 +561,12 @@ def connect_ray(address: str | None, temp_dir: str | None = None, num_cpus: int 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
+        check_reachable(address)
         if address.split(":")[0] in ("127.0.0.1", "localhost"):
             kwargs["_node_ip_address"] = "127.0.0.1"  # a loopback cluster: keep the driver on loopback too
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, **kwargs)
+        ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, _node_ip_address="127.0.0.1", **kwargs)
 
 
 def run_sweep(spec: SweepSpec, settings: SweepSettings, sweep_id: str | None = None, resume: bool = False):
@@ -252,11 +574,12 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings, sweep_id: str | None = N
     from ray import tune
 
     spec.validate()
-    sweep_id = sweep_id or new_sweep_id()
+    settings.validate()
+    sweep_id = validate_sweep_id(sweep_id or new_sweep_id())
     base = _absolute_paths(Config.from_dict(spec.base).to_dict())
     base = apply_overrides(base, {"TRACKING.WANDB.ENABLED": settings.wandb, "TRACKING.WANDB.PROJECT": settings.wandb_project,
                                   "TRACKING.WANDB.MODE": settings.wandb_mode})
-    wandb_dir = str(Path(settings.wandb_dir or Path(settings.store_path).parent).resolve())
+    wandb_dir = str(Path(wandb_dir_for(settings.store_path, settings.wandb_dir)).resolve())
     results_dir = str(Path(settings.results_dir).resolve())
     threads = max(1, int(settings.cpus_per_trial))
     trainable = tune.with_resources(
@@ -271,7 +594,8 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings, sweep_id: str | None = N
         # snapshot and a checkpoint rotation can point the resumed trial at a deleted checkpoint
         checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints),
     )
-    experiment = Path(results_dir) / sweep_id
+    experiment = child_path(results_dir, sweep_id)
+    check_cluster_resources(settings)
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
             raise ConfigError(f"cannot resume sweep {sweep_id!r}: no Tune experiment state in {experiment}")
@@ -319,8 +643,33 @@ def swept_keys(spec: SweepSpec) -> list[str]:
     return keys + [ALIASES.get(k, k) for k in spec.distributions]
 
 
-def parse_values(text: str) -> list:
-    """``"0,0.1,0.5"`` -> ``[0.0, 0.1, 0.5]``; ``"0:1:0.25"`` -> ``[0, 0.25, 0.5, 0.75, 1]``; ``"true,false"`` -> bools."""
+def split_values(text: str) -> list[str]:
+    """Split at commas outside brackets and quoted values: ``"[16,8],[32]"`` -> ``["[16,8]", "[32]"]``.
+
+    A quote opens a quoted value only at the start of a value (an apostrophe inside a word does not).
+    """
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"" and depth == 0 and not text[start:i].strip():
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_values(text: str, key: str = "values") -> list:
+    """``"0,0.1,0.5"`` -> ``[0.0, 0.1, 0.5]``; ``"0:1:0.25"`` -> ``[0, 0.25, 0.5, 0.75, 1]``; ``"true,false"`` -> bools.
+
+    Each value is read as YAML (so JSON too); one that is not names ``key`` and the value.
+    """
     import yaml
 
     text = text.strip()
@@ -335,7 +684,14 @@ def parse_values(text: str) -> list:
             raise ConfigError(f"range {text!r} (lo:hi:step): hi must be >= lo")
         n = int(round((hi - lo) / step)) + 1
         return [round(lo + i * step, 10) for i in range(n)]
-    return [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+    values = []
+    for v in split_values(text):
+        try:
+            values.append(yaml.safe_load(v))
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"sweep grid `{key}`: value {v!r} is not valid YAML/JSON ({problem})") from None
+    return values
 
 
 def parse_dist_arg(item: str) -> tuple[str, tuple[str, float, float]]:
@@ -357,5 +713,5 @@ def parse_grid_args(items: Sequence[str]) -> dict[str, list]:
         if "=" not in item:
             raise ConfigError(f"--grid {item!r} must look like KEY=v1,v2")
         key, values = item.split("=", 1)
-        grid[key.strip()] = parse_values(values)
+        grid[key.strip()] = parse_values(values, ALIASES.get(key.strip(), key.strip()))
     return grid

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import pandas as pd
 
 from workbench.config import flatten
+from workbench.names import SELECT_BY_DEFAULT, VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC, core_key, val_acc
 from workbench.store import RunStore
+from workbench.summaries import metric_values, selected_epoch
 
-SUMMARY_METRICS_PREFIX = ("val/acc/", "core/val_chain_acc", "core/val_partial_chain_acc")
+SUMMARY_METRICS_PREFIX = (val_acc(""), VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC)
 
 
 def store_tidy(store: RunStore, sweep_id: str) -> pd.DataFrame:
@@ -30,25 +32,29 @@ def store_tidy(store: RunStore, sweep_id: str) -> pd.DataFrame:
     return long[cols].dropna(subset=["value"]).reset_index(drop=True)
 
 
-def per_run_table(tidy: pd.DataFrame, group_keys: Sequence[str], select_by: str = "core/val_partial_chain_acc") -> pd.DataFrame:
-    """One row per (run, at) with ``at`` in {best, final}: the group keys and every metric."""
+def per_run_table(tidy: pd.DataFrame, group_keys: Sequence[str], select_by: str = SELECT_BY_DEFAULT) -> pd.DataFrame:
+    """One row per (run, at) with ``at`` in {best, final}: the group keys and every metric.
+
+    ``best`` is each run's selected epoch (``select_by`` best in its direction), ``final`` its last
+    (both from :func:`workbench.summaries.metric_values`, the one definition of a run's value).
+    """
     if tidy.empty:
         return pd.DataFrame()
-    wide = tidy.pivot_table(index=["run", "epoch"], columns="metric", values="value", aggfunc="last").reset_index()
     configs = tidy.drop_duplicates("run").set_index("run")["config"]
+    at_epoch = {"best": selected_epoch(tidy, select_by, run="run", key="metric"),
+                "final": tidy.groupby("run")["epoch"].max()}
+    values = {"best": metric_values(tidy, "selected", select_by, run="run", key="metric"),
+              "final": metric_values(tidy, "last", run="run", key="metric")}
     rows = []
-    for run, frame in wide.groupby("run"):
-        frame = frame.sort_values("epoch")
-        final = frame.iloc[-1]
-        best = frame.loc[frame[select_by].idxmax()] if select_by in frame and frame[select_by].notna().any() else final
-        for at, row in (("best", best), ("final", final)):
-            rec = {"run": run, "at": at, **{k: configs[run].get(k) for k in group_keys}}
-            rec.update(row.drop(labels=["run"]).to_dict())
+    for run in tidy["run"].unique():
+        for at in ("best", "final"):
+            rec = {"run": run, "at": at, **{k: configs[run].get(k) for k in group_keys}, "epoch": at_epoch[at][run]}
+            rec.update(values[at].loc[run].to_dict())
             rows.append(rec)
     return pd.DataFrame(rows)
 
 
-def summarize(tidy: pd.DataFrame, group_keys: Sequence[str], select_by: str = "core/val_partial_chain_acc") -> pd.DataFrame:
+def summarize(tidy: pd.DataFrame, group_keys: Sequence[str], select_by: str = SELECT_BY_DEFAULT) -> pd.DataFrame:
     """Mean and std over seeds per swept point, at best and final epoch.
 
     Columns: ``at``, the group keys, ``n`` (runs), and ``<metric> mean`` / ``<metric> std`` for
@@ -73,7 +79,7 @@ def format_summary(summary: pd.DataFrame) -> str:
     mean_cols = [c for c in summary.columns if c.endswith(" mean")]
     table = summary[[c for c in summary.columns if not c.endswith((" mean", " std"))]].copy()
     for c in mean_cols:
-        name = c[: -len(" mean")].replace("core/val_", "").replace("val/acc/", "acc ")
+        name = c[: -len(" mean")].replace(core_key("val", ""), "").replace(val_acc(""), "acc ")
         std = summary[name_std(c)].fillna(0.0)
         table[name] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(summary[c], std)]
     return table.to_string(index=False)
@@ -89,7 +95,7 @@ def accuracy_vs_key_figure(summary: pd.DataFrame, key: str, ranks: Sequence[str]
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("best epoch", "final epoch"), shared_yaxes=True)
-    series = [(f"val/acc/{r}", r) for r in ranks] + [("core/val_chain_acc", "chain"), ("core/val_partial_chain_acc", "partial chain")]
+    series = [(val_acc(r), r) for r in ranks] + [(VAL_CHAIN_ACC, "chain"), (VAL_PARTIAL_CHAIN_ACC, "partial chain")]
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     for col, at in enumerate(("best", "final"), start=1):
         part = summary[summary["at"] == at].sort_values(key)

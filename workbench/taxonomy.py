@@ -13,11 +13,16 @@ class must have a non-null parent in at least one row (every non-null class has 
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
+
+if TYPE_CHECKING:  # pandas is imported by the functions that take or return frames: the core stays light
+    import pandas as pd
 
 DEFAULT_NULL_VALUES: frozenset[str] = frozenset({"", "sp.", "unknown"})
 """Label strings that encode to null (0) at every rank unless overridden. NaN/None are always null."""
@@ -25,8 +30,7 @@ DEFAULT_NULL_VALUES: frozenset[str] = frozenset({"", "sp.", "unknown"})
 NullValues = Iterable[str] | Mapping[str, Iterable[str]] | None
 
 
-class TaxonomyError(ValueError):
-    """A label table or a query that contradicts the taxonomy."""
+from workbench.errors import DataWarning, TaxonomyError  # noqa: F401 (defined once in errors.py; re-exported)
 
 
 def _null_sets(ranks: Sequence[str], null_values: NullValues) -> dict[str, frozenset[str]]:
@@ -49,9 +53,49 @@ def _is_null(value: object, nulls: frozenset[str]) -> bool:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    if value is pd.NA or value is pd.NaT:
+    pd = sys.modules.get("pandas")  # pd.NA / pd.NaT can only come from pandas, so only then is it loaded
+    if pd is not None and (value is pd.NA or value is pd.NaT):
         return True
     return str(value).strip() in nulls
+
+
+MAX_REPORTED = 20
+"""Conflicting rows (or classes) listed in one error; the rest are counted ("and 7 more rows")."""
+
+
+def _row_note(row_ids) -> str:
+    """How the row ids in an error count: the index's name where it has one (a file loader names
+    its index, e.g. "spreadsheet row numbers, header = row 1"), else nothing (the frame's labels)."""
+    name = getattr(row_ids, "name", None)
+    return f" ({name})" if name else ""
+
+
+def format_rows(rows: Sequence) -> str:
+    """``"row 4"``, ``"rows 2, 3, 5"``, or the first :data:`MAX_REPORTED` ids then ``"and 5 more"``."""
+    if len(rows) == 1:
+        return f"row {rows[0]}"
+    shown = ", ".join(str(x) for x in rows[:MAX_REPORTED])
+    more = f" and {len(rows) - MAX_REPORTED} more" if len(rows) > MAX_REPORTED else ""
+    return f"rows {shown}{more}"
+
+
+def _near_duplicates(ranks: Sequence[str], vocab, source: str) -> list[str]:
+    """Per rank, one sentence naming labels that are equal up to case and inner spacing ('Canis lupus',
+    'canis  lupus'): they become separate classes, which is rarely what the data means."""
+    notes = []
+    for rank, names in zip(ranks, vocab):
+        groups: dict[str, list[str]] = {}
+        for name in names[1:]:
+            groups.setdefault(" ".join(name.split()).casefold(), []).append(name)
+        dupes = [g for g in groups.values() if len(g) > 1]
+        if dupes:
+            shown = "; ".join(" / ".join(repr(n) for n in g) for g in dupes[:MAX_REPORTED])
+            more = f"; and {len(dupes) - MAX_REPORTED} more groups" if len(dupes) > MAX_REPORTED else ""
+            notes.append(
+                f"{source}: rank {rank!r} has {len(dupes)} group(s) of labels that differ only in case or spacing "
+                f"and are separate classes: {shown}{more}; make them identical if they are the same class"
+            )
+    return notes
 
 
 def _check_ranks_present(df: pd.DataFrame, ranks: Sequence[str], source: str) -> None:
@@ -82,6 +126,8 @@ class Taxonomy:
     vocab: tuple[tuple[str | None, ...], ...]
     parents: tuple[torch.Tensor, ...]
     null_values: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What :meth:`from_frame` found odd but legal (labels equal up to case/spacing); not part of equality."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -112,7 +158,10 @@ class Taxonomy:
             parents.append(
                 cls._parent_map(ranks, r, labels, index, df.index, source)
             )
-        taxonomy = cls(ranks, vocab, tuple(parents), nulls)
+        notes = tuple(_near_duplicates(ranks, vocab, source))
+        for note in notes:
+            warnings.warn(note, DataWarning, stacklevel=2)
+        taxonomy = cls(ranks, vocab, tuple(parents), nulls, notes)
         # adjacent ranks agree by construction; a row may still contradict across a null rank
         ids = [[0 if v is None else index[r][v] for v in col] for r, col in enumerate(labels)]
         targets = torch.tensor(ids, dtype=torch.long).T.reshape(len(df), len(ranks))  # (N, R)
@@ -121,22 +170,32 @@ class Taxonomy:
 
     @staticmethod
     def _parent_map(ranks, r, labels, index, row_ids, source) -> torch.Tensor:
-        """Parent of each class at rank ``r``; an error if a class has two parents or none."""
+        """Parent of each class at rank ``r``; an error if a class has two parents or none.
+
+        The error lists every class with more than one parent (up to :data:`MAX_REPORTED`), each
+        parent with the rows that give it (up to :data:`MAX_REPORTED` rows per parent).
+        """
         parent = torch.zeros(len(index[r]) + 1, dtype=torch.long)
-        first_row: dict[str, object] = {}
+        rows_of: dict[str, dict[str, list]] = {}  # child -> parent -> row ids, in row order
         for row, child, par in zip(row_ids, labels[r], labels[r - 1]):
             if child is None or par is None:
                 continue
-            c, p = index[r][child], index[r - 1][par]
-            if parent[c] == 0:
-                parent[c] = p
-                first_row[child] = row
-            elif parent[c] != p:
-                seen = [k for k, v in index[r - 1].items() if v == parent[c]][0]
-                raise TaxonomyError(
-                    f"{source}: {ranks[r]} {child!r} has two parents at rank {ranks[r - 1]}: "
-                    f"{seen!r} (row {first_row[child]}) and {par!r} (row {row})"
-                )
+            rows_of.setdefault(child, {}).setdefault(par, []).append(row)
+        conflicts = {child: pars for child, pars in rows_of.items() if len(pars) > 1}
+        if conflicts:
+            lines = [
+                f"  {ranks[r]} {child!r}: "
+                + "; ".join(f"{ranks[r - 1]} {par!r} in {format_rows(rows)}" for par, rows in pars.items())
+                for child, pars in list(conflicts.items())[:MAX_REPORTED]
+            ]
+            if len(conflicts) > MAX_REPORTED:
+                lines.append(f"  and {len(conflicts) - MAX_REPORTED} more {ranks[r]} classes with more than one parent")
+            raise TaxonomyError(
+                f"{source}: every {ranks[r]} class needs exactly one parent at rank {ranks[r - 1]}; "
+                f"{len(conflicts)} {'has' if len(conflicts) == 1 else 'have'} more than one{_row_note(row_ids)}:\n" + "\n".join(lines)
+            )
+        for child, pars in rows_of.items():
+            parent[index[r][child]] = index[r - 1][next(iter(pars))]
         orphans = [name for name, c in index[r].items() if parent[c] == 0]
         if orphans:
             raise TaxonomyError(
@@ -226,8 +285,8 @@ class Taxonomy:
                     ids.append(index[label])
                 else:
                     raise TaxonomyError(
-                        f"{source}: row {row}: {rank} {label!r} is not in the vocabulary of rank "
-                        f"{rank!r} ({len(index)} classes)"
+                        f"{source}: row {row}{_row_note(df.index)}: {rank} {label!r} is not in the "
+                        f"vocabulary of rank {rank!r} ({len(index)} classes)"
                     )
             cols.append(torch.tensor(ids, dtype=torch.long))
         targets = torch.stack(cols, dim=1) if len(df) else torch.zeros(0, self.num_ranks, dtype=torch.long)
@@ -235,34 +294,42 @@ class Taxonomy:
         return targets
 
     def _check_consistent(self, targets: torch.Tensor, row_ids, source: str) -> None:
-        """Raise on the first row whose non-null labels at any two ranks contradict the tree.
+        """Raise if any row's non-null labels at two ranks contradict the tree, listing every such
+        row (up to :data:`MAX_REPORTED`, then how many more).
 
         Every pair of ranks is checked, not only adjacent ones: ``(order A, null, genus g)``
-        contradicts the tree when ``g`` belongs to another order.
+        contradicts the tree when ``g`` belongs to another order. A row is reported once, for its
+        first contradicting pair (finer rank first, then the nearest coarser rank).
         """
-        first = None  # (row position, finer rank, coarser rank)
+        first: dict[int, tuple[int, int]] = {}  # row position -> (finer rank, coarser rank)
         for r in range(1, self.num_ranks):
             for u in range(r - 1, -1, -1):
                 child, anc = targets[:, r], targets[:, u]  # (N,), (N,)
-                bad = (child != 0) & (anc != 0) & (self.ancestor_map(r, u)[child] != anc)
-                if bad.any():
-                    i = int(torch.nonzero(bad)[0])
-                    if first is None or i < first[0]:
-                        first = (i, r, u)
-        if first is not None:
-            i, r, u = first
+                bad = (child != 0) & (anc != 0) & (self.ancestor_map(r, u)[child] != anc)  # (N,)
+                for i in torch.nonzero(bad).flatten().tolist():
+                    first.setdefault(i, (r, u))
+        if not first:
+            return
+        lines = []
+        for i in sorted(first)[:MAX_REPORTED]:
+            r, u = first[i]
             child = int(targets[i, r])
             expected = self.vocab[u][int(self.ancestor_map(r, u)[child])]
-            raise TaxonomyError(
-                f"{source}: row {row_ids[i]}: {self.ranks[r]} {self.vocab[r][child]!r} "
-                f"belongs to {self.ranks[u]} {expected!r}, but the row says "
-                f"{self.vocab[u][int(targets[i, u])]!r}"
-            )
+            lines.append(f"  row {row_ids[i]}: {self.ranks[r]} {self.vocab[r][child]!r} belongs to "
+                         f"{self.ranks[u]} {expected!r}, but the row says {self.vocab[u][int(targets[i, u])]!r}")
+        if len(first) > MAX_REPORTED:
+            lines.append(f"  and {len(first) - MAX_REPORTED} more rows")
+        raise TaxonomyError(
+            f"{source}: {len(first)} {'row contradicts' if len(first) == 1 else 'rows contradict'} the taxonomy"
+            f"{_row_note(row_ids)}:\n" + "\n".join(lines)
+        )
 
     def decode(self, targets: torch.Tensor) -> pd.DataFrame:
         """Inverse of :meth:`encode`: ``LongTensor (N, R)`` -> DataFrame of names (None = null)."""
         if targets.ndim != 2 or targets.shape[1] != self.num_ranks:
             raise TaxonomyError(f"targets must have shape (N, {self.num_ranks}), got {tuple(targets.shape)}")
+        import pandas as pd
+
         return pd.DataFrame(
             {rank: [self.vocab[r][int(c)] for c in targets[:, r]] for r, rank in enumerate(self.ranks)}
         )

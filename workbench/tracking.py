@@ -23,12 +23,25 @@ from workbench.store import RunStore
 log = logging.getLogger(__name__)
 
 class StoreSink(BaseSink):
-    """Writes runs, per-epoch metrics and curves to the :class:`RunStore` (one transaction per epoch)."""
+    """The one writer of a run's record in the :class:`RunStore` (DESIGN.md section 1, data flow).
+
+    ``on_start``: status ``running``, pid, ordered ranks, resolved config and reproducibility record;
+    ``on_epoch``: metrics, curves and health in one transaction; ``on_finish``: status and error. The
+    trainer of a single run and a sweep's driver (for each trial's reported events) use this same
+    class, so a trial's record has the same shape as a single run's. The run row must exist (created
+    ``queued`` by the trainer, a launcher or the sweep driver).
+    """
 
     name = "store"
 
     def __init__(self, store: RunStore):
         self.store = store
+
+    def on_start(self, event: RunStarted) -> None:
+        self.store.update_run(
+            event.run_id, status="running", pid=event.pid, error=None, config=dict(event.config),
+            ranks=list(event.ranks), environment=dict(event.environment) or None,
+        )
 
     def on_epoch(self, event: EpochResult) -> None:
         self.store.write_epoch(event.run_id, event.epoch, event.metrics, event.curves, health=dict(event.health))
@@ -105,12 +118,14 @@ class WandbSink(BaseSink):
             self._guard(finish)
 
 
-def wandb_dir(config, store: RunStore) -> str:
-    """``TRACKING.WANDB.DIR`` or, by default, the store's folder."""
-    return config.TRACKING.WANDB.DIR or str(store.path.parent)
+def wandb_dir(config, store: RunStore | None) -> str:
+    """``TRACKING.WANDB.DIR`` or, by default, the store's folder (``TRACKING.STORE``'s without a store)."""
+    from workbench.names import wandb_dir_for
+
+    return wandb_dir_for(store.path if store is not None else config.TRACKING.STORE, config.TRACKING.WANDB.DIR)
 
 
-def default_sinks(config, store: RunStore) -> list[BaseSink]:
+def default_sinks(config, store: RunStore | None) -> list[BaseSink]:
     """The sinks a config asks for besides the store (W&B when enabled)."""
     w = config.TRACKING.WANDB
     if not w.ENABLED or w.MODE == "disabled":

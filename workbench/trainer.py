@@ -9,10 +9,14 @@ missing or duplicated epoch.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import pickle
 import time
 import traceback
+import warnings
+from contextlib import contextmanager
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,13 +25,18 @@ from tqdm import tqdm  # not tqdm.auto: no ipywidgets warning in notebooks
 
 from workbench import metrics as M
 from workbench.config import Config, ConfigError
-from workbench.data import HierarchicalDataset, load_dataset, train_val_split
+from workbench.data import (
+    DataError, HierarchicalDataset, check_finite_features, dataset_hash, load_dataset, train_val_split,
+)
 from workbench.events import EpochResult, RunFinished, RunStarted, Sink, SinkError, dispatch
-from workbench.health import HealthMonitor
+from workbench.health import HealthMonitor, zero_total_weight
 from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
 from workbench.masking import NullMaskSchedule, null_keep_mask
 from workbench.models import HierarchicalModel, build_model
-from workbench.store import CHECKPOINT_NAME, RunStore
+from workbench.environment import environment_record
+from workbench.store import (
+    CHECKPOINT_NAME, LOCK_NAME, RUN_ID_RE, RunStore, StoreError, new_run_id, validate_run_id, validate_run_name,
+)
 from workbench.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,9 @@ log = logging.getLogger(__name__)
 
 class StopRun(Exception):
     """Raised between epochs when a stop was requested through the store."""
+
+
+from workbench.errors import TrainingFailed  # noqa: F401 (defined once in errors.py; re-exported here)
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,25 +76,114 @@ def save_checkpoint(path: Path, state: dict) -> None:
         raise
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+# what a checkpoint must hold: to start phase 2 from it, and (the trainer's own) to resume a run
+INIT_KEYS = ("model", "taxonomy")
+RESUME_KEYS = ("epoch", "model", "optimizer", "rng", "shuffle_rng", "mask_rng")
+# what torch.load raises on a file that is not a checkpoint: text (KeyError: a stray pickle opcode),
+# empty (EOFError), truncated (RuntimeError from the zip reader), pickled code (UnpicklingError from
+# the weights-only unpickler, which refuses it before running anything), a folder or no permission
+_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, ValueError, RuntimeError,
+                OverflowError, OSError)
 
 
-def resolve_init_from(ref: str, store: RunStore) -> Path:
-    """``TRAIN.INIT_FROM``: a checkpoint file, a run folder, or a run id in the store."""
+def load_checkpoint(path: Path, required: Sequence[str] = ()) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, loaded safely (``weights_only``: tensors and
+    plain data only, so a pickle that would run code is refused, not run).
+
+    Raises :class:`StoreError` naming the file when it cannot be loaded or is not a dict holding
+    the ``required`` keys.
+    """
+    keys = ", ".join(required or INIT_KEYS)
+    what = f"a checkpoint is a file the trainer wrote (torch.save of a dict with keys {keys})"
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise: it loads or is refused
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise StoreError(f"{path}: not a workbench checkpoint: it holds objects other than tensors and plain "
+                         f"data (refused without loading them: that could run code); {what}") from None
+    except _LOAD_ERRORS as e:
+        if isinstance(e, EOFError):
+            reason = "the file is empty or cut short"
+        elif isinstance(e, OSError):
+            reason = e.strerror or str(e)
+        else:  # the unpickler's own words, first line only (torch's can run to a paragraph)
+            first = (str(e).splitlines() or [""])[0][:200]
+            reason = f"not written by torch.save, or damaged: {type(e).__name__}: {first}"
+        raise StoreError(f"{path}: not a readable checkpoint ({reason}); {what}") from None
+    if not isinstance(state, dict):
+        raise StoreError(f"{path}: not a workbench checkpoint: it holds a {type(state).__name__}; {what}")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise StoreError(f"{path}: not a workbench checkpoint: no {', '.join(map(repr, missing))} in it "
+                         f"(keys: {', '.join(map(str, list(state)[:10])) or 'none'}); {what}")
+    if "model" in required and not isinstance(state["model"], dict):
+        raise StoreError(f"{path}: not a workbench checkpoint: 'model' holds a {type(state['model']).__name__}, "
+                         f"not a state dict of tensors; {what}")
+    return state
+
+
+@contextmanager
+def run_lock(store: RunStore, run_id: str):
+    """Hold the run's exclusive lock (``<run folder>/lock``) for the duration: one run, one trainer.
+
+    ``flock`` is released by the kernel when the process dies, however it dies, so a killed run never
+    leaves a stale lock. The file records the holder's pid and start time for the refusal message.
+    A second trainer of the same run gets a :class:`StoreError` naming the holder's pid.
+    """
+    with path_lock(store.lock_path(run_id), run_id, where=str(store.path)):
+        yield
+
+
+@contextmanager
+def path_lock(path: Path, run_id: str, where: str):
+    """:func:`run_lock` on the lock file ``path`` (a store's run folder, or a sweep trial's own folder);
+    ``where`` names the store or folder in the refusal message."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            who = f"pid {holder[0]} (since {' '.join(holder[1:])})" if holder else "another process"
+            raise StoreError(f"{where}: run {run_id!r} is being trained by {who}; one run is trained by one "
+                             f"process at a time (lock {path})") from None
+        try:  # who holds it, for the refusal message; the lock itself is the flock, taken above
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(), 0)
+        except OSError as e:  # a full disk: the run itself then fails at its first write, with the store's error
+            log.warning("could not record the pid in %s: %s", path, e)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def resolve_init_from(ref: str, store: RunStore | None) -> Path:
+    """``TRAIN.INIT_FROM``: a checkpoint file, a run folder, or a run id in the store (when there is one)."""
     p = Path(ref)
     if p.is_file():
         return p
     if p.is_dir() and (p / CHECKPOINT_NAME).is_file():
         return p / CHECKPOINT_NAME
+    if store is None:
+        raise ConfigError(f"`TRAIN.INIT_FROM` must be a checkpoint file or a run folder (no run store to look "
+                          f"run ids up in), got {ref!r}")
     if store.has_run(ref):
-        ckpt = store.checkpoint_path(ref)
+        ckpt = store.checkpoint_path(validate_run_id(ref))
         if ckpt.is_file():
             return ckpt
         raise ConfigError(f"`TRAIN.INIT_FROM` run {ref!r} has no checkpoint at {ckpt}")
     raise ConfigError(
         f"`TRAIN.INIT_FROM` must be a checkpoint file, a run folder or a run id in {store.path}, got {ref!r}"
     )
+
+
+def _lookup_store(config: Config) -> RunStore | None:
+    """A store-less run's (a sweep trial's) way to resolve ``TRAIN.INIT_FROM`` given as a run id: the
+    configured store read-only, when it exists on this machine."""
+    path = Path(config.TRACKING.STORE)
+    return RunStore.open_existing(path) if path.is_file() else None
 
 
 def taxonomy_difference(theirs: Taxonomy, ours: Taxonomy) -> str:
@@ -103,40 +204,70 @@ def taxonomy_difference(theirs: Taxonomy, ours: Taxonomy) -> str:
 class Trainer:
     """Train one run of ``config``; every epoch's result goes to ``sinks`` (the store sink first).
 
+    The trainer never writes a run's record itself: its events do, through the sinks (the
+    :class:`~workbench.tracking.StoreSink` of a single run; a sweep trial's report to the driver,
+    whose callback feeds the same sink class). Of the store it only creates the ``queued`` row of a
+    brand-new run, reads the stop flag between epochs and keeps the run's checkpoint and lock in
+    the run's folder.
+
     Args:
         config: the validated run config.
-        sinks: extra sinks (W&B, Ray Tune report, ...); the store sink is always added.
+        sinks: extra sinks (W&B, Ray Tune report, ...); the store sink is added first unless
+            ``checkpoint_path`` is given.
         store: the run store (default: ``TRACKING.STORE``).
         run_id: use this run row (created by a launcher) or resume it.
         dataset: a preloaded dataset (default: from ``DATA``).
         progress: show a tqdm bar on the console.
+        sweep_id: the sweep a brand-new run row belongs to.
+        checkpoint_path: run without a store (a sweep trial, whose record the driver writes): the
+            checkpoint (and the run's lock, next to it) live here; no run row, no store sink, no
+            stop flag (Tune stops trials). ``store`` must then be None.
     """
 
     def __init__(
         self, config: Config, sinks: Sequence[Sink] = (), store: RunStore | None = None,
         run_id: str | None = None, dataset: HierarchicalDataset | None = None, progress: bool = True,
-        sweep_id: str | None = None,
+        sweep_id: str | None = None, checkpoint_path: str | os.PathLike | None = None,
     ):
         from workbench.tracking import StoreSink, default_sinks
 
         self.cfg = config
-        self.store = store or RunStore(config.TRACKING.STORE)
+        if run_id is not None:
+            validate_run_id(run_id)  # it names the run's folder: checked before anything is written
+        validate_run_name(config.TRACKING.RUN_NAME, "`TRACKING.RUN_NAME`")
+        if checkpoint_path is not None and store is not None:
+            raise ValueError("Trainer: give `store` (a recorded run) or `checkpoint_path` (a store-less run), not both")
+        self.store: RunStore | None = None if checkpoint_path is not None else (store or RunStore(config.TRACKING.STORE))
         self.progress = progress
         if config.TRAIN.NUM_THREADS:
             torch.set_num_threads(config.TRAIN.NUM_THREADS)
         self.device = pick_device(config.TRAIN.DEVICE)
         ds = dataset if dataset is not None else load_dataset(config.DATA)
+        # loaders refuse these already; a dataset built in code (a notebook) is checked here
+        check_finite_features(ds.features, ds.features, ds.feature_names, None, ds.name)
         self.taxonomy: Taxonomy = ds.taxonomy
+        # what the class ids mean and what trains: in every checkpoint, so `resume` refuses other data
+        self.data_hash, self.data_rows = dataset_hash(ds), len(ds)
         self.train_ds, self.val_ds = train_val_split(ds, config.DATA.VAL_FRACTION, config.DATA.SEED)
-        self.init_path = resolve_init_from(config.TRAIN.INIT_FROM, self.store) if config.TRAIN.INIT_FROM else None
+        self.init_path = (resolve_init_from(config.TRAIN.INIT_FROM, self.store or _lookup_store(config))
+                          if config.TRAIN.INIT_FROM else None)
         self.init_state = self._checked_init_state()  # before the run row exists: a bad parent stores nothing
         self._check_config_fits_data()  # likewise: a config that cannot train must not leave a run row
         self._build()
         if self.init_state is not None:
             self._load_init()  # an architecture mismatch is an error here, before the run row exists
-        self.run_id = self._ensure_run(run_id, sweep_id)
-        self.ckpt_path = self.store.checkpoint_path(self.run_id)
-        self.sinks: list[Sink] = [StoreSink(self.store), *default_sinks(config, self.store), *sinks]
+        if self.store is None:
+            self.run_id = validate_run_id(run_id or new_run_id())
+            self.ckpt_path = Path(checkpoint_path)
+            self.lock_path = self.ckpt_path.parent / LOCK_NAME
+            self.sinks: list[Sink] = [*default_sinks(config, None), *sinks]
+        else:
+            self.run_id = self._ensure_run(run_id, sweep_id)
+            self.ckpt_path = self.store.checkpoint_path(self.run_id)
+            self.lock_path = self.store.lock_path(self.run_id)
+            self.sinks = [StoreSink(self.store), *default_sinks(config, self.store), *sinks]
+        # what reproduces the run (versions, git commit, device, seeds, data hash): sent in RunStarted
+        self.environment = environment_record(config, ds, self.device, data_hash=self.data_hash)
 
     # ------------------------------------------------------------------ set-up
     def _ensure_run(self, run_id: str | None, sweep_id: str | None) -> str:
@@ -149,14 +280,21 @@ class Trainer:
         )
 
     def _parent_run_id(self) -> str | None:
-        """The run the ``INIT_FROM`` checkpoint belongs to (phase 2's parent), when known."""
-        return None if self.init_state is None else self.init_state.get("run_id")
+        """The run the ``INIT_FROM`` checkpoint belongs to (phase 2's parent), when known.
+
+        A checkpoint file can come from anywhere: a ``run_id`` in it that is not a valid run id is
+        not recorded (it is shown in the app and used to build paths)."""
+        parent = None if self.init_state is None else self.init_state.get("run_id")
+        return parent if isinstance(parent, str) and RUN_ID_RE.fullmatch(parent) else None
 
     def _checked_init_state(self) -> dict | None:
         """Phase 2's starting checkpoint, after checking it was trained on the same taxonomy."""
         if self.init_path is None:
             return None
-        state = load_checkpoint(self.init_path)
+        try:
+            state = load_checkpoint(self.init_path, INIT_KEYS)
+        except StoreError as e:
+            raise ConfigError(f"`TRAIN.INIT_FROM` {e}") from None
         theirs = Taxonomy.from_dict(state["taxonomy"])
         if theirs != self.taxonomy:
             raise ConfigError(
@@ -205,7 +343,8 @@ class Trainer:
         self.schedule = NullMaskSchedule(nm.ENABLED, nm.START_PROB, nm.END_PROB, nm.START_EPOCH, nm.END_EPOCH)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 1)
         self.mask_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 2)
-        self.health = HealthMonitor(self.taxonomy.ranks)
+        self.health = HealthMonitor(self.taxonomy.ranks, standing=zero_total_weight(
+            self.train_ds.targets, self.train_ds.sample_weight, self.rank_weights.cpu(), self.taxonomy.ranks))
         self.use_amp = self.device.type == "cuda"
 
     def state_dict(self, epoch: int) -> dict:
@@ -215,6 +354,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
             "taxonomy": self.taxonomy.to_dict(), "rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle_gen.get_state(), "mask_rng": self.mask_gen.get_state(),
+            "data_hash": self.data_hash, "data_rows": self.data_rows,
         }
 
     def _load_init(self) -> None:
@@ -232,11 +372,33 @@ class Trainer:
             )
         self.model.load_state_dict(theirs)
 
+    def _check_same_data(self, state: dict) -> None:
+        """``resume`` on the data the checkpoint was trained on, or not at all: other data would give the
+        stored class ids other meanings (a changed file, a new class) or continue on other rows."""
+        where = self.cfg.DATA.PATH if self.cfg.DATA.NAME == "file" else f"DATA.NAME {self.cfg.DATA.NAME!r}"
+        theirs = Taxonomy.from_dict(state["taxonomy"]) if "taxonomy" in state else self.taxonomy
+        if theirs != self.taxonomy:
+            raise DataError(
+                f"cannot resume run {self.run_id}: the data ({where}) no longer matches its checkpoint: the taxonomy "
+                f"changed ({taxonomy_difference(theirs, self.taxonomy)}), so class ids would mean other classes; "
+                f"restore the original data or train a new run"
+            )
+        old = state.get("data_hash")  # absent in checkpoints written before hashes were recorded
+        if old is not None and old != self.data_hash:
+            rows = state.get("data_rows")
+            size = f"{rows} rows then, {self.data_rows} now" if rows != self.data_rows else f"{rows} rows"
+            size += ", same classes"  # the taxonomy was checked above
+            raise DataError(
+                f"cannot resume run {self.run_id}: the data ({where}) changed since its checkpoint (content hash "
+                f"{old[:12]} then, {self.data_hash[:12]} now; {size}); restore the original data or train a new run"
+            )
+
     def _restore(self) -> int:
         """Resume from this run's checkpoint; returns the first epoch still to train."""
         if not self.ckpt_path.is_file():
             return 0
-        state = load_checkpoint(self.ckpt_path)
+        state = load_checkpoint(self.ckpt_path, RESUME_KEYS)
+        self._check_same_data(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
@@ -249,28 +411,38 @@ class Trainer:
         """Train to ``TRAIN.EPOCHS``; returns the final status (finished, stopped or failed).
 
         A failure is recorded (status ``failed`` with the traceback in the store) and re-raised.
+        The run's lock (:func:`run_lock`) is held throughout: a second trainer of the same run gets a
+        :class:`StoreError` naming this process before it reads or writes anything of the run.
         """
+        if self.store is not None:
+            self.store.check_writable()
+        where = str(self.store.path if self.store is not None else self.ckpt_path.parent)
+        with path_lock(self.lock_path, self.run_id, where):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> str:
         start = self._restore() if resume else 0
         if start == 0 and self.init_state is not None:
             self._load_init()
-        self.store.update_run(self.run_id, status="running", pid=os.getpid(), error=None)
         epoch = start - 1
         status, error = "finished", None
         bar = tqdm(total=self.cfg.TRAIN.EPOCHS, initial=start, desc=f"run {self.run_id}", unit="epoch",
                    disable=not self.progress)
         try:  # from on_start on, any failure is recorded as the run's failure
-            dispatch(self.sinks, "on_start", RunStarted(
-                self.run_id, self.cfg.to_dict(), self.taxonomy.ranks, start, self._parent_run_id()))
+            dispatch(self.sinks, "on_start", self.started_event(start))
             for epoch in range(start, self.cfg.TRAIN.EPOCHS):
                 result = self.run_epoch(epoch)
                 dispatch(self.sinks, "on_epoch", result)
                 save_checkpoint(self.ckpt_path, self.state_dict(epoch))
                 bar.update(1)
                 bar.set_postfix(_postfix(result.metrics), refresh=False)
-                if self.store.stop_requested(self.run_id):
+                if self.store is not None and self.store.stop_requested(self.run_id):
                     raise StopRun
         except StopRun:
             status = "stopped"
+        except TrainingFailed as e:  # the message is the whole story: no traceback in the store
+            status, error = "failed", str(e)
+            raise
         except BaseException as e:
             status, error = "failed", "".join(traceback.format_exception(e))
             raise
@@ -278,6 +450,11 @@ class Trainer:
             bar.close()
             self._finish(RunFinished(self.run_id, status, epoch + 1, error))
         return status
+
+    def started_event(self, start_epoch: int) -> RunStarted:
+        """The run's :class:`RunStarted`: resolved config, ordered ranks, reproducibility record, pid."""
+        return RunStarted(self.run_id, self.cfg.to_dict(), tuple(self.taxonomy.ranks), start_epoch,
+                          self._parent_run_id(), environment=self.environment, pid=os.getpid())
 
     def _finish(self, event: RunFinished) -> None:
         """Tell the sinks the run ended. When the run already failed (say, the disk is full), a sink
@@ -325,7 +502,7 @@ class Trainer:
         ranks = self.taxonomy.ranks
         n_batches = self.train_ds.num_batches(self.cfg.TRAIN.BATCH_SIZE)
         phase1 = self.cfg.TRAIN.PHASE1_MASK_NULL_LOSS
-        losses, kept, preds, targets, probs = [], [], [], [], []
+        losses, sizes, kept, preds, targets, probs = [], [], [], [], [], []
         for b, batch in enumerate(self.train_ds.batches(self.cfg.TRAIN.BATCH_SIZE, shuffle=True, generator=self.shuffle_gen)):
             batch = batch.to(self.device, non_blocking=True)
             p = 0.0 if phase1 else self.schedule.prob(epoch + b / n_batches)  # fractional epoch
@@ -335,14 +512,17 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
-            bsz = batch.targets.shape[0]
-            losses.append(torch.cat([total.detach()[None], per_rank.detach()]) * bsz)  # (R + 1,)
+            sizes.append(batch.targets.shape[0])
+            losses.append(torch.cat([total.detach()[None], per_rank.detach()]))  # (R + 1,): batch means
             kept.append(keep.sum(dim=0))  # (R,)
             preds.append(self.predict_classes(logits))  # (B, R); argmax carries no gradient
             targets.append(batch.targets)
             probs.append(p)
-        loss_sums = torch.stack(losses).cpu()  # (batches, R + 1)
-        self.health.record_losses(loss_sums[:, 0])
+        batch_losses = torch.stack(losses).cpu()  # (batches, R + 1); the epoch's one host sync
+        self._check_finite_loss(batch_losses, epoch)
+        self.health.record_losses(batch_losses[:, 0])
+        # weighted by batch size in float64: a large but finite float32 loss times the size must not overflow
+        loss_sums = batch_losses.double() * torch.tensor(sizes, dtype=torch.float64)[:, None]  # (batches, R + 1)
         acc = M.HierarchicalAccuracy(len(ranks))
         acc.update(torch.cat(preds), torch.cat(targets))  # counts over the epoch, not a mean of batch means
         out = acc.compute()
@@ -359,6 +539,22 @@ class Trainer:
             metrics[f"train/loss/{rank}"] = float(totals[r + 1]) / n
             metrics[f"train/kept/{rank}"] = float(kept_total[r])
         return metrics
+
+    def _check_finite_loss(self, batch_losses: torch.Tensor, epoch: int) -> None:
+        """``batch_losses (batches, R + 1)`` (total, then each rank): the first non-finite batch loss fails the
+        run, named by epoch and batch (1-based, as shown everywhere), with each rank's loss. Checked once per
+        epoch on the losses already brought to the host, so the loop itself has no extra sync."""
+        finite = torch.isfinite(batch_losses).all(dim=1)  # (batches,)
+        if bool(finite.all()):
+            return
+        b = int(torch.nonzero(~finite)[0])
+        row = batch_losses[b].tolist()
+        ranks = ", ".join(f"{rank} {v:.4g}" for rank, v in zip(self.taxonomy.ranks, row[1:]))
+        raise TrainingFailed(
+            f"run {self.run_id} failed: non-finite loss at epoch {epoch + 1} (batch {b + 1} of {len(batch_losses)}): "
+            f"loss {row[0]:.4g} ({ranks}); the weights after it are not meaningful. Look for huge feature or "
+            f"sample-weight values, or lower TRAIN.LR"
+        )
 
     @torch.no_grad()
     def predict(self, ds: HierarchicalDataset, batch_size: int = 8192):
