@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# pin the CPU build first: a bare `torch` requirement can pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[app,sweep,lab,dev]'
+	# the built-in image set (DATA.NAME: animal_mnist); --no-deps: the wheel declares tensorflow, never used
+	$(PY) -m pip install -q --no-deps -c constraints.txt animal-mnist
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -30,6 +30,9 @@ DEFAULT_DATA: dict[str, Any] = {
                   "NULL_RATES": [0.0, 0.1, 0.3], "IMBALANCE": 0.0},
 }
 DEFAULT_MODEL: dict[str, Any] = {"BACKBONE": "mlp", "HIDDEN": [128, 64], "HEAD": "independent", "DROPOUT": 0.1}
+# DATA.NAMEs whose samples are images (the Train page offers the image backbones for these)
+IMAGE_SOURCES = ("images", "animal_mnist")
+IMAGE_BACKBONES = ("resnet", "timm", "torchvision")  # resnet: plain torch; timm/torchvision: the [vision] extra
 STATUS_COLOUR = {"queued": "gray", "running": "blue", "finished": "green", "failed": "red", "stopped": "orange"}
 STATUS_ICON = {"queued": ":material/hourglass_top:", "running": ":material/play_arrow:",
                "finished": ":material/check_circle:", "failed": ":material/error:", "stopped": ":material/stop_circle:"}
@@ -107,9 +110,11 @@ PERSIST_KEYS = (
     "d_val", "d_ranks_builtin", "d_ranks", "d_feats", "d_weight", "d_nullvals", "d_count_rank", "d_count_log",
     "tr_w", "tr_head", "tr_cw", "tr_mask_on", "tr_p0", "tr_p1", "tr_e0", "tr_e1", "tr_phase1", "tr_epochs",
     "tr_bs", "tr_lr", "tr_seed", "tr_wandb", "tr_wandb_mode", "tr_wandb_project", "tr_name", "tr_hidden",
-    "tr_dropout", "tr_wd", "tr_watch",
+    "tr_dropout", "tr_wd", "tr_watch", "tr_img_backbone", "tr_width", "tr_depth", "tr_arch", "tr_freeze",
+    "tr_pretrained",
     "ru_status", "ru_data", "ru_search", "ru_key", "ru_smooth", "ru_group", "ru_color", "ru_view", "ru_x",
     "ru_split", "ru_split_by", "ru_continue",
+    "d_img_from", "d_img_path", "d_img_ranks", "d_img_size", "d_thumb_rank",
 )
 
 
@@ -154,6 +159,8 @@ FORM_DEFAULTS: dict[str, Any] = {
     "tr_e0": 0, "tr_e1": 10, "tr_phase1": False, "tr_epochs": 30, "tr_bs": 256, "tr_lr": 3e-3, "tr_seed": 0,
     "tr_wandb": False, "tr_wandb_mode": "offline", "tr_wandb_project": "workbench", "tr_name": "",
     "tr_hidden": ", ".join(map(str, DEFAULT_MODEL["HIDDEN"])), "tr_dropout": 0.1, "tr_wd": 1e-4,
+    "tr_img_backbone": "resnet", "tr_width": 32, "tr_depth": 1, "tr_arch": "resnet18", "tr_freeze": False,
+    "tr_pretrained": "",
 }
 FORM_KEYS = tuple(FORM_DEFAULTS)
 
@@ -222,6 +229,11 @@ def config_to_form(config: dict) -> dict[str, Any]:
         "tr_wandb": wandb.get("ENABLED"), "tr_wandb_mode": wandb.get("MODE"), "tr_wandb_project": wandb.get("PROJECT"),
         "tr_name": "", "tr_dropout": model.get("DROPOUT"), "tr_wd": train.get("WEIGHT_DECAY"),
         "tr_hidden": None if model.get("HIDDEN") is None else ", ".join(map(str, model["HIDDEN"])),
+        # a table run's config leaves the image widgets at their defaults (they are shown for image data only)
+        "tr_img_backbone": model["BACKBONE"] if model.get("BACKBONE") in IMAGE_BACKBONES else FORM_DEFAULTS["tr_img_backbone"],
+        "tr_width": model.get("WIDTH"), "tr_depth": model.get("DEPTH"),
+        "tr_arch": model.get("ARCH") or FORM_DEFAULTS["tr_arch"], "tr_freeze": model.get("FREEZE_BACKBONE"),
+        "tr_pretrained": model.get("PRETRAINED") or "",
     }
     return {k: v for k, v in values.items() if v is not None}
 
@@ -231,7 +243,8 @@ FORM_CONFIG_KEYS = frozenset((
     "LOSS.W", "LOSS.CLASS_WEIGHTS", "MODEL.HEAD", "MODEL.HIDDEN", "MODEL.DROPOUT", "TRAIN.EPOCHS", "TRAIN.BATCH_SIZE",
     "TRAIN.LR", "TRAIN.WEIGHT_DECAY", "TRAIN.SEED", "TRAIN.PHASE1_MASK_NULL_LOSS", "SCHEDULE.NULL_MASKING.ENABLED",
     "SCHEDULE.NULL_MASKING.START_PROB", "SCHEDULE.NULL_MASKING.END_PROB", "SCHEDULE.NULL_MASKING.START_EPOCH",
-    "SCHEDULE.NULL_MASKING.END_EPOCH",
+    "SCHEDULE.NULL_MASKING.END_EPOCH", "MODEL.BACKBONE", "MODEL.WIDTH", "MODEL.DEPTH", "MODEL.ARCH",
+    "MODEL.FREEZE_BACKBONE", "MODEL.PRETRAINED",
 ))
 
 
@@ -241,9 +254,13 @@ def config_not_in_form(config: dict) -> list[str]:
     from workbench.config import flatten
 
     baseline = flatten(Config().with_overrides({f"MODEL.{k}": v for k, v in DEFAULT_MODEL.items()}).to_dict())
-    return [f"{k}={v}" for k, v in flatten(config).items()
-            if k.split(".")[0] in ("MODEL", "LOSS", "TRAIN", "SCHEDULE") and k not in FORM_CONFIG_KEYS
-            and v != baseline.get(k)]
+    left_out = [f"{k}={v}" for k, v in flatten(config).items()
+                if k.split(".")[0] in ("MODEL", "LOSS", "TRAIN", "SCHEDULE") and k not in FORM_CONFIG_KEYS
+                and v != baseline.get(k)]
+    backbone = config.get("MODEL", {}).get("BACKBONE", "mlp")
+    if backbone not in ("mlp", *IMAGE_BACKBONES):  # the form offers mlp for tables, IMAGE_BACKBONES for images
+        left_out.insert(0, f"MODEL.BACKBONE={backbone}")
+    return left_out
 
 
 def load_config_into_form(config: dict) -> list[str]:
@@ -255,7 +272,8 @@ def load_config_into_form(config: dict) -> list[str]:
     ss = st.session_state
     for key, value in config_to_form(config).items():
         ss[key] = value
-    for key in [k for k in ss if str(k).startswith("d_") and k != "d_upload"]:
+    uploaders = ("d_upload", "d_img_zip")  # Streamlit refuses to have an uploader's state touched
+    for key in [k for k in ss if str(k).startswith("d_") and k not in uploaders]:
         del ss[key]
     set_data_section(json.loads(json.dumps(config["DATA"])))
     return config_not_in_form(config)
@@ -284,7 +302,9 @@ def build_config(data: dict, model: dict, loss: dict, train: dict, schedule: dic
 def dataset_key(data: dict) -> str:
     """A cache key for a ``DATA`` section; a file's size and mtime are part of it."""
     key = dict(data)
-    if data.get("NAME") == "file" and data.get("PATH") and Path(data["PATH"]).is_file():
+    if data.get("NAME") in ("file", "images") and data.get("PATH") and Path(data["PATH"]).exists():
+        # a table's or manifest's size and mtime; a folder tree's root mtime (changes when a class folder is
+        # added or removed; the library's decode cache is keyed by the images' content anyway)
         stat = Path(data["PATH"]).stat()
         key["_file"] = [stat.st_size, stat.st_mtime_ns]
     return json.dumps(key, sort_keys=True)
@@ -314,6 +334,46 @@ def _load_dataset(key: str):
     return load(cfg)
 
 
+MAX_TREE_SCAN = 10_000  # files looked at by tree_depth before it answers
+
+
+def tree_depth(root: Path) -> int:
+    """How many folder levels below ``root`` hold files (the number of ranks a folder tree implies);
+    hidden entries are skipped, and the walk stops after :data:`MAX_TREE_SCAN` files. At least 1."""
+    import os
+
+    depth, seen = 1, 0
+    root = Path(root)
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files = [f for f in files if not f.startswith(".")]
+        if files:
+            depth = max(depth, len(Path(folder).relative_to(root).parts))
+            seen += len(files)
+            if seen >= MAX_TREE_SCAN:
+                break
+    return depth
+
+
+@st.cache_resource(show_spinner="Drawing thumbnails...", max_entries=8)
+def _thumbnail_grid(key: str, rank: str):
+    from workbench.plots import thumbnail_grid
+
+    return thumbnail_grid(_load_dataset(key), rank)
+
+
+def thumbnail_grid(data: dict, rank: str):
+    """:func:`workbench.plots.thumbnail_grid` of the dataset of the ``DATA`` section ``data`` at ``rank``,
+    cached per dataset and rank."""
+    return _thumbnail_grid(dataset_key(data), rank)
+
+
+def safe_name(name: str) -> str:
+    """One path component made safe: letters, digits, spaces, ``.``, ``_`` and ``-`` only (others become
+    ``_``), no leading dot, dash or space (so never ``..`` or hidden), at most 100 characters."""
+    return re.sub(r"[^A-Za-z0-9._ -]+", "_", str(name)).lstrip("._- ")[:100].rstrip() or "upload"
+
+
 def safe_upload_path(upload_dir: Path, filename: str, content: bytes) -> Path:
     """Where to save an upload: ``<upload_dir>/<content hash>/<sanitised name>``, always inside ``upload_dir``.
 
@@ -325,7 +385,7 @@ def safe_upload_path(upload_dir: Path, filename: str, content: bytes) -> Path:
     from workbench.data import DataError
 
     base = re.split(r"[\\/]", str(filename))[-1]
-    safe = re.sub(r"[^A-Za-z0-9._ -]+", "_", base).lstrip("._- ")[:100].rstrip() or "upload"
+    safe = safe_name(base)
     suffix = Path(safe).suffix.lower().lstrip(".")
     if suffix not in UPLOAD_TYPES:
         raise DataError(f"{base}: unsupported file type {('.' + suffix) if suffix else '(none)'}; "
@@ -353,6 +413,92 @@ def save_upload(upload_dir: Path, filename: str, content: bytes) -> Path:
         tmp.write_bytes(content)
         tmp.replace(path)
     return path
+
+
+MAX_UNZIPPED_MB = 1024  # a zip bomb stops here: the extracted tree may be at most this large
+MAX_ZIP_MEMBERS = 200_000
+ZIP_SKIPPED_FOLDERS = ("__MACOSX",)  # macOS resource forks: never images
+
+
+def extract_zip_upload(upload_dir: Path, filename: str, content: bytes) -> Path:
+    """Extract an uploaded zip of an image folder tree; returns the tree's root folder.
+
+    The tree goes to ``<upload_dir>/<content hash>/<sanitised zip stem>/``, never anywhere else:
+    a member with an absolute path, a drive letter or a ``..`` component, a symlink, or a name that
+    two members share after sanitising is a :class:`DataError` naming the member, and nothing is
+    written. Each path component is sanitised as upload names are (:func:`safe_name`); hidden
+    members (a component starting with ``.``) and ``__MACOSX/`` are left out. A zip made from one
+    folder (``zip -r animals.zip animals/``: every member under ``animals/``, the zip's own stem) has
+    that folder removed, so the tree's first level is the coarsest rank. The upload limit
+    (:data:`MAX_UPLOAD_MB`) applies to the zip; :data:`MAX_UNZIPPED_MB` to what it expands to.
+    """
+    import io
+    import shutil
+    import stat
+    import zipfile
+
+    from workbench.data import DataError
+
+    base = re.split(r"[\\/]", str(filename))[-1]
+    if len(content) > MAX_UPLOAD_MB * 1024 * 1024:
+        raise DataError(f"{base}: {len(content) / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB upload limit")
+    if Path(base).suffix.lower() != ".zip":
+        raise DataError(f"{base}: expected a .zip of a folder tree")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(content))
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{base}: not a readable zip file ({e})") from None
+    members = archive.infolist()
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise DataError(f"{base}: {len(members):,} members, more than the {MAX_ZIP_MEMBERS:,} allowed")
+    total = sum(m.file_size for m in members)
+    if total > MAX_UNZIPPED_MB * 1024 * 1024:
+        raise DataError(f"{base}: expands to {total / 2**20:,.0f} MB, over the {MAX_UNZIPPED_MB} MB limit")
+    stem = safe_name(Path(base).stem)
+    plan: dict[tuple[str, ...], zipfile.ZipInfo] = {}  # sanitised relative path -> member
+    for m in members:
+        name = m.filename
+        parts = [p for p in re.split(r"[\\/]", name) if p not in ("", ".")]
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            raise DataError(f"{base}: member {name!r} points outside the folder (absolute path or '..'); "
+                            "refusing the whole zip")
+        if stat.S_ISLNK(m.external_attr >> 16):
+            raise DataError(f"{base}: member {name!r} is a symbolic link; links are not accepted")
+        if m.is_dir() or not parts or parts[0] in ZIP_SKIPPED_FOLDERS or any(p.startswith(".") for p in parts):
+            continue
+        key = tuple(safe_name(p) for p in parts)
+        if key in plan:
+            raise DataError(f"{base}: members {plan[key].filename!r} and {name!r} have the same name after "
+                            f"removing unsafe characters ({'/'.join(key)!r}); rename one")
+        plan[key] = m
+    if not plan:
+        raise DataError(f"{base}: no files in the zip (hidden files and __MACOSX/ are left out)")
+    if all(len(k) > 1 and k[0] == stem for k in plan):  # a zip of one folder: that folder is the root
+        plan = {k[1:]: m for k, m in plan.items()}
+    root = Path(upload_dir).resolve()
+    dest = (root / hashlib.sha256(content).hexdigest()[:10] / stem).resolve()
+    if dest.parent.parent != root:  # cannot happen after sanitising; an invariant, not input validation
+        raise DataError(f"{base}: refusing to write outside {root}")
+    if dest.is_dir():  # the same bytes were extracted before
+        return dest
+    tmp = dest.with_name(f".{stem}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for key, m in plan.items():
+            target = tmp.joinpath(*key).resolve()
+            if not target.is_relative_to(tmp.resolve()):  # invariant, as above
+                raise DataError(f"{base}: member {m.filename!r} would be written outside {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with archive.open(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)  # stops at the member's declared size (checked above)
+            except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:  # bad CRC, compression, encrypted
+                raise DataError(f"{base}: member {m.filename!r} could not be extracted ({e})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    tmp.replace(dest)  # atomic: a page never sees a half-extracted tree
+    return dest
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -385,6 +531,8 @@ def describe_data(data: dict) -> str:
                 f"null rates {'/'.join(f'{v:g}' for v in s['NULL_RATES'])}")
     if data["NAME"] == "file":
         return f"file {Path(data['PATH']).name}: ranks {' > '.join(data.get('RANKS') or [])}"
+    if data["NAME"] == "images":
+        return f"images {Path(data['PATH']).name}: ranks {' > '.join(data.get('RANKS') or [])}"
     from workbench.data import BUILTIN_RANKS
 
     return f"{data['NAME']}: ranks {' > '.join(data.get('RANKS') or BUILTIN_RANKS.get(data['NAME'], ()))}"

@@ -1,4 +1,5 @@
-"""Data page: pick a built-in dataset or upload a table, map columns to ranks, inspect the taxonomy."""
+"""Data page: pick a built-in dataset, upload a table or choose an image folder tree, map columns or
+folder levels to ranks, inspect the taxonomy (and, for images, a thumbnail grid per class)."""
 
 from __future__ import annotations
 
@@ -22,19 +23,25 @@ BUILTIN_INFO = {
               "length, sex, plot type and month. Placeholder genera (\"Rodent\", \"Sparrow\", ...) and \"sp.\" "
               "are partial labels.",
     "olive": "Italian olive oils (572): region > area from 8 fatty acids. Fully labelled.",
+    "animal_mnist": "Animal silhouettes (10,000 real 28x28 grey images, 1,000 per animal): class > order > family "
+                    "> animal. Birds are labelled Aves at class only (1,000 real partial labels). Trains with "
+                    "the resnet backbone.",
 }
 BUILTIN_RANKS = {name: list(ranks) for name, ranks in data_module.BUILTIN_RANKS.items()}  # one home: workbench.data
+SOURCES = ["Built-in", "Upload a file", "Image folder"]
+FOLDER_FROM = ["A folder on the server", "Upload a zip"]
+from workbench.images import DEFAULT_IMAGE_SIZE  # noqa: E402 (one home: folder trees are resized to this)
 st.title("Data")
 st.caption("Choose what to train on. Labels form a taxonomy, coarse to fine; a missing (null) label at a "
            "rank is a *partial* label, not an error. The Train page uses the dataset chosen here.")
 
 current = sh.data_section()
-sh.init("d_source", "Upload a file" if current["NAME"] == "file" else "Built-in")
-source = st.segmented_control("Source", ["Built-in", "Upload a file"], key="d_source", required=True) or "Built-in"
+sh.init("d_source", {"file": "Upload a file", "images": "Image folder"}.get(current["NAME"], "Built-in"))
+source = st.segmented_control("Source", SOURCES, key="d_source", required=True) or "Built-in"
 
 
 def builtin_section() -> dict | None:
-    names = list(BUILTIN_INFO)
+    names = [n for n in BUILTIN_INFO if n == "synthetic" or n in BUILTIN_RANKS]
     sh.init("d_name", current["NAME"] if current["NAME"] in names else names[0])
     name = st.selectbox("Dataset", names, key="d_name")
     st.caption(BUILTIN_INFO[name])
@@ -144,8 +151,68 @@ def upload_section() -> dict | None:
     return data
 
 
+def image_folder_section() -> dict | None:
+    """An image folder tree (each folder level one rank, coarse to fine): a path on the server or an uploaded zip."""
+    prev = current if current["NAME"] == "images" else {}
+    sh.init("d_img_from", FOLDER_FROM[0])
+    where = st.radio("Where are the images?", FOLDER_FROM, key="d_img_from", horizontal=True)
+    st.caption("A folder tree: each folder level below the root is one rank, coarse to fine "
+               "(`Mammalia/Carnivora/Felidae/cat/0001.png`). An image higher up is labelled down to its folder's "
+               "rank only: a partial label (`Aves/0007.png`). Hidden and non-image files are skipped.")
+    path = None
+    if where == FOLDER_FROM[0]:
+        sh.init("d_img_path", prev.get("PATH") or "")
+        typed = st.text_input("Folder path on the server", key="d_img_path", placeholder="/data/animals")
+        if not typed.strip():
+            st.info("Type the path of the tree's root folder (on the machine running the app).")
+            return None
+        folder = Path(typed.strip()).expanduser()
+        if not folder.exists():
+            st.error(sh.md_escape(f"{folder}: no such folder on the server"))
+            return None
+        if not folder.is_dir():
+            st.error(sh.md_escape(f"{folder}: is a file, not a folder; give the root folder of the image tree"))
+            return None
+        path = folder.resolve()
+    else:
+        uploaded = st.file_uploader(
+            f"A .zip of the folder tree (up to {sh.MAX_UPLOAD_MB} MB)", type=["zip"], max_upload_size=sh.MAX_UPLOAD_MB,
+            key="d_img_zip", help="Zip the root folder (or its contents). Names are sanitised; members with "
+                                  "absolute paths, '..' or symbolic links are refused.")
+        if uploaded is not None:
+            try:
+                path = sh.extract_zip_upload(sh.store_path().parent / "uploads", uploaded.name, uploaded.getvalue())
+            except DataError as e:
+                st.error(sh.md_escape(e))
+                return None
+        elif prev.get("PATH") and Path(prev["PATH"]).is_dir():
+            path = Path(prev["PATH"])
+            st.caption(f"Using the previously uploaded tree: {sh.md_escape(path.name)}.")
+        if path is None:
+            st.info("Upload a zip of an image folder tree.")
+            return None
+    depth = sh.tree_depth(path)
+    if st.session_state.get("d_img_for") != str(path):  # a new tree: rank names for its depth
+        st.session_state["d_img_for"] = str(path)
+        ranks = list(prev.get("RANKS") or [])
+        st.session_state["d_img_ranks"] = ", ".join(ranks if len(ranks) == depth else
+                                                    [f"level{i + 1}" for i in range(depth)])
+        st.session_state["d_img_size"] = int(prev.get("IMAGE_SIZE") or DEFAULT_IMAGE_SIZE)
+    c1, c2 = st.columns([3, 1])
+    ranks_text = c1.text_input(f"Rank names, coarse to fine (one per folder level; this tree is {depth} deep)",
+                               key="d_img_ranks")
+    size = c2.number_input("Image size (px)", 8, 512, step=8, key="d_img_size",
+                           help="Images are resized to size x size once and cached.")
+    ranks = [r.strip() for r in ranks_text.split(",") if r.strip()]
+    if not ranks:
+        st.error("Name at least one rank.")
+        return None
+    return {"NAME": "images", "PATH": str(path), "RANKS": ranks, "IMAGE_SIZE": int(size)}
+
+
+SECTIONS = {"Built-in": builtin_section, "Upload a file": upload_section, "Image folder": image_folder_section}
 with st.container(border=True):
-    data = builtin_section() if source == "Built-in" else upload_section()
+    data = SECTIONS[source]()
     if data is not None:
         sh.init("d_val", float(current.get("VAL_FRACTION", 0.2)))
         data["VAL_FRACTION"] = st.slider("Validation fraction", 0.05, 0.5, step=0.05, key="d_val",
@@ -165,9 +232,14 @@ sh.set_data_section(data)
 summary = ds.summary_frame()
 st.success(f"The Train page will train on **{sh.md_escape(ds.name)}** ({len(ds):,} samples).", icon=":material/check:")
 
+is_image = ds.is_image
 c1, c2, c3, c4 = st.columns([1, 1, 2.4, 1])
 c1.metric("Samples", f"{len(ds):,}")
-c2.metric("Features", ds.num_features)
+if is_image:
+    _, channels, height, width = ds.features.shape
+    c2.metric("Images", f"{channels}×{height}×{width}", help="Channels × height × width, as the model sees them.")
+else:
+    c2.metric("Features", ds.num_features)
 c3.metric("Ranks", " > ".join(ds.taxonomy.ranks))
 fully = float((ds.targets != 0).all(dim=1).float().mean())
 c4.metric("Fully labelled", f"{fully:.1%}", help="Samples with a label at every rank.")
@@ -178,7 +250,19 @@ tab_tax, tab_counts, tab_ranks, tab_rows = st.tabs(["Taxonomy", "Class counts", 
 with tab_tax:
     st.caption("Each ring is a rank, sized by samples. A gap under a node is the share of its samples whose "
                "label stops there (null at the finer ranks). Click a node to zoom.")
-    st.plotly_chart(plots.taxonomy_sunburst(ds), key="sunburst")
+    if is_image:
+        left, right = st.columns([1, 1.3])
+        with left:
+            st.plotly_chart(plots.taxonomy_sunburst(ds), key="sunburst")
+        with right:
+            if st.session_state.get("d_thumb_rank") not in ds.taxonomy.ranks:
+                st.session_state["d_thumb_rank"] = ds.taxonomy.ranks[-1]
+            rank = st.selectbox("Thumbnails per class at rank", list(ds.taxonomy.ranks), key="d_thumb_rank")
+            st.plotly_chart(sh.thumbnail_grid(data, rank), key="thumbnails")
+            st.caption(f"Up to {plots.THUMBS_PER_CLASS} images per class (a fixed random pick); the number "
+                       "beside a class is its sample count; (null): images labelled only above this rank.")
+    else:
+        st.plotly_chart(plots.taxonomy_sunburst(ds), key="sunburst")
 with tab_counts:
     if st.session_state.get("d_count_rank") not in ds.taxonomy.ranks:
         st.session_state["d_count_rank"] = ds.taxonomy.ranks[-1]

@@ -16,6 +16,7 @@ from workbench.launch import (
     stop_run,
 )
 from workbench.masking import NullMaskSchedule
+from workbench.models import VISION_INSTALL
 from workbench.store import StoreError
 
 LR_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
@@ -31,12 +32,31 @@ def choices(options: list, current) -> list:
     return sorted(set(options) | {current})
 
 
+def is_image_data(data: dict) -> bool:
+    return data.get("NAME") in sh.IMAGE_SOURCES
+
+
+def model_section(data: dict) -> dict:
+    """``MODEL`` from the form: an image backbone for image data, the MLP otherwise."""
+    hidden = sh.parse_numbers(ss.tr_hidden, int, "Hidden layer sizes")
+    model = {**sh.DEFAULT_MODEL, "HEAD": ss.tr_head, "HIDDEN": hidden, "DROPOUT": float(ss.tr_dropout)}
+    if not is_image_data(data):
+        return model
+    model.update(BACKBONE=ss.tr_img_backbone, FREEZE_BACKBONE=bool(ss.tr_freeze),
+                 PRETRAINED=ss.tr_pretrained.strip() or None)
+    if ss.tr_img_backbone == "resnet":
+        model.update(WIDTH=int(ss.tr_width), DEPTH=int(ss.tr_depth))
+    else:
+        model["ARCH"] = ss.tr_arch.strip() or None
+    return model
+
+
 def form_config():
     """The run config from the form's widgets (``ConfigError`` on a bad value)."""
-    hidden = sh.parse_numbers(ss.tr_hidden, int, "Hidden layer sizes")
+    data = sh.data_section()
     return sh.build_config(
-        data=sh.data_section(),
-        model={**sh.DEFAULT_MODEL, "HEAD": ss.tr_head, "HIDDEN": hidden, "DROPOUT": float(ss.tr_dropout)},
+        data=data,
+        model=model_section(data),
         loss={"W": float(ss.tr_w), "CLASS_WEIGHTS": ss.tr_cw},
         train={"EPOCHS": int(ss.tr_epochs), "BATCH_SIZE": int(ss.tr_bs), "LR": float(ss.tr_lr),
                "WEIGHT_DECAY": float(ss.tr_wd), "SEED": int(ss.tr_seed), "PHASE1_MASK_NULL_LOSS": bool(ss.tr_phase1)},
@@ -85,6 +105,34 @@ def resume(run_id: str) -> None:
                       lambda run_id: f"Resumed run `{run_id}` from its last checkpoint.")
 
 
+BACKBONE_HELP = {
+    "resnet": "A small ResNet in plain torch (3 stages of WIDTH, 2xWIDTH, 4xWIDTH channels, DEPTH basic blocks "
+              "each): works on every machine.",
+    "timm": "An architecture from timm by name (MODEL.ARCH: resnet18, convnext_tiny, ...).",
+    "torchvision": "An architecture from torchvision.models by name (MODEL.ARCH: resnet18, ...).",
+}
+
+
+def image_backbone_widgets() -> None:
+    """Backbone choice for image data: the plain-torch resnet (width, depth) or a timm/torchvision architecture."""
+    st.subheader("Image backbone", divider="gray")
+    st.radio("Backbone", list(sh.IMAGE_BACKBONES), key="tr_img_backbone", horizontal=True,
+             help=" ".join(f"{k}: {v}" for k, v in BACKBONE_HELP.items()))
+    c1, c2 = st.columns(2)
+    if ss.tr_img_backbone == "resnet":
+        c1.number_input("Width (channels of the first stage)", 1, 1024, step=8, key="tr_width")
+        c2.number_input("Depth (blocks per stage)", 1, 16, step=1, key="tr_depth")
+    else:
+        c1.text_input("Architecture", key="tr_arch", help=BACKBONE_HELP[ss.tr_img_backbone])
+        c2.caption(f"Needs the optional vision extra ({sh.md_escape(VISION_INSTALL)}); on a machine where "
+                   f"{ss.tr_img_backbone} cannot be imported, the run stops with a config error that says why. "
+                   "Nothing is downloaded: pretrained weights come from a local file.")
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1.text_input("Pretrained backbone weights (local file, optional)", key="tr_pretrained",
+                  placeholder="/path/backbone.safetensors", help="MODEL.PRETRAINED: .safetensors, or .pt/.pth.")
+    c2.toggle("Freeze backbone", key="tr_freeze", help="Train the heads only (MODEL.FREEZE_BACKBONE).")
+
+
 # ---------------------------------------------------------------------- configure
 st.title("Train")
 data = sh.data_section()
@@ -110,10 +158,15 @@ with st.container(border=True):
         c2.select_slider("Batch size", choices(BATCH_CHOICES, ss.tr_bs), key="tr_bs")
         c3.select_slider("Learning rate", choices(LR_CHOICES, ss.tr_lr), key="tr_lr", format_func=lambda v: f"{v:g}")
         c4.number_input("Seed", 0, 1_000_000, step=1, key="tr_seed")
+        if is_image_data(data):
+            image_backbone_widgets()
         with st.expander("Model, name and tracking"):
             c1, c2, c3 = st.columns(3)
-            c1.text_input("Hidden layer sizes", key="tr_hidden", help="MLP widths, comma-separated.")
-            c2.slider("Dropout", 0.0, 0.9, step=0.05, key="tr_dropout")
+            images = is_image_data(data)  # an image backbone feeds the heads directly: no MLP layers, no dropout
+            c1.text_input("Hidden layer sizes", key="tr_hidden", disabled=images,
+                          help="MLP widths, comma-separated." + (" Not used by image backbones." if images else ""))
+            c2.slider("Dropout", 0.0, 0.9, step=0.05, key="tr_dropout", disabled=images,
+                      help="Not used by image backbones." if images else None)
             c3.select_slider("Weight decay", choices([0.0, 1e-5, 1e-4, 1e-3, 1e-2], ss.tr_wd), key="tr_wd",
                              format_func=lambda v: f"{v:g}")
             c1, c2, c3 = st.columns(3)

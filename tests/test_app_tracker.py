@@ -18,7 +18,7 @@ import pytest
 
 from workbench import health
 from workbench.config import Config
-from workbench.launch import ACTIVE, LaunchError, launch_resume, launch_run, log_path, reconcile, run_alive, stop_run
+from workbench.launch import ACTIVE, LaunchError, launch_resume, launch_run, run_alive, stop_run
 from workbench.store import RunStore
 
 pytest.importorskip("streamlit")

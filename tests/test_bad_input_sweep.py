@@ -31,6 +31,9 @@ def closed_port() -> int:
 
 
 PORT = closed_port()
+# a "billion laughs" grid value: 9^6 values from a few hundred characters of YAML flow style
+GRID_BOMB = "{" + ", ".join([f"a0: &a0 [{', '.join(['1'] * 9)}]"] + [
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]) + "}"
 # (id, argv given the tmp folder, expected error message given the paths)
 CASES = [
     ("sweep-id-parent-dir", lambda t: ["--sweep-id", "../x"],
@@ -69,6 +72,12 @@ CASES = [
      "sweep grid `LOSS.W`: value '[0.2' is not valid YAML/JSON (expected ',' or ']', but got '<stream end>')"),
     ("alias-value-not-yaml", lambda t: ["--w", "0.1,{a"],
      "sweep grid `LOSS.W`: value '{{a' is not valid YAML/JSON (expected ',' or '}}', but got '<stream end>')"),
+    ("range-of-a-billion", lambda t: ["--w", "0:1:1e-9"],  # refused before the list is built (no memory blow-up)
+     "range '0:1:1e-9' gives 1,000,000,001 values for `LOSS.W`; a range may give at most 100,000 (use a larger step)"),
+    ("grid-value-alias-bomb", lambda t: ["--grid", "LOSS.W=" + GRID_BOMB],
+     ("sweep grid `LOSS.W`: value " + repr(GRID_BOMB[:80] + f"... ({len(GRID_BOMB)} characters)") + " refused: line 1: "
+      "aliases expand this block to more than 100,000 values (an alias bomb?); a config has about 60"
+      ).replace("{", "{{").replace("}", "}}")),  # (expected messages go through str.format)
     ("address-refused", lambda t: ["--address", f"127.0.0.1:{PORT}"],
      f"cannot reach the Ray cluster at 127.0.0.1:{PORT}: Connection refused; is `ray start --head` running there?"),
     ("address-not-host-port", lambda t: ["--address", "127.0.0.1:abc"],

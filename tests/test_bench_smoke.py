@@ -21,6 +21,7 @@ EXPECTED = {  # a line each script prints with its result table
     "bench_scaling.py": "load average",
     "bench_app.py": "Runs page",
     "bench_cli.py": "x torch import",
+    "bench_images.py": "trainer / bare",
 }
 
 

@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium: start a run from the Train page and watch its chart grow.
 
 Starts ``streamlit run app.py`` on a free port with a tmp run store, drives it with Playwright, and
-saves the screenshots ``train_live.png`` and ``runs.png`` (to ``$WORKBENCH_SCREENSHOTS``, e.g. ``docs/``). Waits for chart SVGs and for
+saves the screenshots ``train_live.png``, ``runs.png`` and ``data_images.png`` (to ``$WORKBENCH_SCREENSHOTS``, e.g. ``docs/``). Waits for chart SVGs and for
 plotly's data in the DOM, never for "page load".
 """
 
@@ -310,3 +310,52 @@ def test_enter_in_the_sweeps_form_does_not_start_a_sweep(server):
             browser.close()
             for record in active_sweeps(RunStore(store_path)):
                 stop_sweep(record["id"], store_path)
+
+
+THUMBNAILS_JS = """() => {
+  const g = document.querySelector('.st-key-thumbnails .js-plotly-plot');
+  if (!g || !g.querySelector('svg.main-svg image') || !g._fullLayout) return null;
+  const ticks = [...g.querySelectorAll('.ytick text')].map(t => t.textContent);
+  const img = g.querySelector('svg.main-svg image').getBoundingClientRect();
+  return {ticks, width: img.width, height: img.height, types: g._fullData.map(t => t.type)};
+}"""
+
+
+def test_thumbnail_grid_per_class_in_a_real_browser(server, tmp_path):
+    """The Data page with the built-in animal_mnist: the thumbnail grid draws beside the sunburst as a
+    real image with one labelled row per animal (and the birds' (null) row), and follows the rank picked."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    from workbench.names import UI_STATE_FILE
+
+    pytest.importorskip("workbench.images")
+    url, store_path = server
+    # the dataset a new session starts with (the app restores it from the store folder)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    (store_path.parent / UI_STATE_FILE).write_text(json.dumps(
+        {"form": {}, "data": {"NAME": "animal_mnist", "VAL_FRACTION": 0.2, "SEED": 0}}))
+    shots_dir = Path(os.environ.get(SHOTS_ENV) or tmp_path)
+    shots_dir.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1300})
+            page.set_default_timeout(90_000)
+            page.goto(f"{url}/")
+            page.wait_for_selector(".st-key-sunburst .js-plotly-plot svg.main-svg")
+            page.wait_for_function(f"() => ({THUMBNAILS_JS})() !== null")
+            grid = page.evaluate(THUMBNAILS_JS)
+            assert grid["types"] == ["image"]
+            assert "cat (1,000)" in grid["ticks"] and "zebra (1,000)" in grid["ticks"], grid["ticks"]
+            assert "(null) (1,000)" in grid["ticks"]  # birds: labelled at class only
+            assert grid["width"] > 200 and grid["height"] > 200, grid  # drawn, not a sliver
+            page.screenshot(path=str(shots_dir / "data_images.png"))
+            # another rank: the rows follow
+            page.locator(".st-key-d_thumb_rank").click()
+            page.get_by_role("option", name="class", exact=True).click()
+            page.wait_for_function(f"() => (({THUMBNAILS_JS})() || {{ticks: []}}).ticks.includes('Aves (1,000)')")
+            assert page.evaluate(THUMBNAILS_JS)["ticks"] == ["Mammalia (9,000)", "Aves (1,000)"]
+        finally:
+            browser.close()

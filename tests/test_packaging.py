@@ -75,7 +75,7 @@ def test_readme_config_block_and_files_match_the_code():
     readme = (REPO / "README.md").read_text()
     block = readme.split("```yaml")[1].split("```")[0]
     cfg = Config.from_dict(yaml.safe_load(re.sub(r"#.*", "", block)))
-    assert set(cfg.to_dict()) == {"DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE", "TRACKING"}
+    assert set(cfg.to_dict()) == {"DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE", "AUG", "TRACKING"}
     for name in set(re.findall(r"(?<![\w/])(?:configs|lab|docs|bench|sweeps)/[\w./-]+\.(?:yaml|ipynb|png|py)", readme)):
         assert (REPO / name).exists(), f"README names {name}, which does not exist"
 
@@ -87,3 +87,15 @@ def test_shipped_streamlit_config_does_not_watch_the_project_folder():
     assert server["fileWatcherType"] == "none" and server["runOnSave"] is False
     assert server["address"] == "127.0.0.1"
     assert "--server.fileWatcherType" not in (REPO / "Makefile").read_text()  # the config file is the one home
+
+
+def test_animal_mnist_is_installed_without_dependencies_at_the_pinned_version():
+    """The animal-mnist wheel declares tensorflow: every install road must say --no-deps, and take its
+    version from constraints.txt (one home), which must be the version installed here."""
+    from importlib.metadata import version
+
+    install = "pip install -q --no-deps -c constraints.txt animal-mnist"
+    assert install in (REPO / "Makefile").read_text()
+    assert install.replace(" -q", "") in (REPO / "environment.yml").read_text()
+    pin = _constraints()["animal-mnist"]
+    assert version("animal-mnist") in pin.specifier, f"installed animal-mnist {version('animal-mnist')} is not {pin}"

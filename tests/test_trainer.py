@@ -5,17 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+
+from killing import resume, train_then_sigkill
 
 from workbench.config import Config
 from workbench.data import HierarchicalDataset, make_synthetic
@@ -164,38 +161,10 @@ def test_sigkill_then_resume_has_every_epoch_once(tmp_path):
     cfg.save(path)
     store_path = Path(cfg.TRACKING.STORE)
     rid = "killed-run"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "train", "--config", str(path), "--run-id", rid, "--no-progress"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 120
-    done = 0
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if store_path.exists():
-                store = RunStore(store_path)
-                if store.has_run(rid):
-                    done = store.run(rid)["epochs_done"]
-                    if done >= 2:
-                        break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-    assert done >= 2
+    killed = train_then_sigkill(path, store_path, rid)
+    assert killed["status"] == "running" and 2 <= killed["epochs_done"] < epochs, "the kill landed mid-run"
+    resume(store_path, rid)
     store = RunStore(store_path)
-    killed = store.run(rid)
-    assert killed["status"] == "running" and killed["epochs_done"] < epochs, "the kill landed mid-run"
-
-    res = subprocess.run(
-        [sys.executable, "-m", "workbench", "resume", rid, "--store", str(store_path), "--no-progress"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
     run = store.run(rid)
     assert run["status"] == "finished" and run["epochs_done"] == epochs
     assert_every_epoch_once(store, rid, epochs)

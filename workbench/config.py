@@ -95,6 +95,12 @@ def _positive_sum(v: list[float] | None) -> list[float] | None:
     return v
 
 
+def _scale_range(v: list[float]) -> list[float]:
+    if len(v) != 2 or v[0] > v[1]:
+        raise ValueError("must be [min, max] with min <= max")
+    return v
+
+
 # Every number and flag in the config is one of these (non-finite floats are refused section-wide by
 # allow_inf_nan=False). Strings stay accepted for numbers on purpose: YAML 1.1 reads `1e-3` as a string.
 Float = Annotated[float, _not_bool("a number")]
@@ -148,9 +154,13 @@ class SyntheticConfig(_Section):
         return self
 
 
+DATA_SOURCES = ("ratdat", "olive", "synthetic", "file", "images", "animal_mnist")
+MIN_IMAGE_SIZE = 8  # DATA.IMAGE_SIZE: a conv backbone's stride-2 stages need a few pixels left
+
+
 class DataConfig(_Section):
-    NAME: str = "synthetic"  # ratdat | olive | synthetic | file
-    PATH: str | None = None  # CSV/Parquet, with NAME: file
+    NAME: str = "synthetic"  # one of DATA_SOURCES
+    PATH: str | None = None  # CSV/Parquet with NAME: file; a folder tree or a manifest (.csv/.tsv/.parquet) with NAME: images
     RANKS: Annotated[Names, AfterValidator(_not_empty)] | None = None
     FEATURES: Names | None = None
     FEATURE_PREFIX: str | None = None
@@ -159,26 +169,40 @@ class DataConfig(_Section):
     VAL_FRACTION: Annotated[Float, _in_range(0.01, 0.99)] = 0.2
     SEED: Seed = 0
     SYNTHETIC: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    # images (NAME: images | animal_mnist; DESIGN.md section 3.8)
+    ROOT: Text | None = None  # a manifest's image paths are relative to this folder (default: the manifest's folder)
+    IMAGE_COLUMN: Text = "path"  # the manifest column holding each image's path
+    IMAGE_SIZE: Annotated[Int, _at_least(MIN_IMAGE_SIZE)] | None = None  # square side; None: 28 for animal_mnist, else 64
+    SKIP_BAD_IMAGES: Bool = False  # skip (and list) undecodable images instead of stopping at the first
+    CACHE_DIR: Text | None = None  # decoded-image cache; None: $WORKBENCH_CACHE or ~/.cache/workbench/images
 
     @model_validator(mode="after")
     def _known_source(self):
-        if self.NAME not in ("ratdat", "olive", "synthetic", "file"):
-            raise ValueError(f"NAME must be one of ratdat, olive, synthetic, file; got {self.NAME!r}")
-        if self.NAME == "file" and not self.PATH:
-            raise ValueError("PATH is required when NAME is 'file'")
+        if self.NAME not in DATA_SOURCES:
+            raise ValueError(f"NAME must be one of {', '.join(DATA_SOURCES)}; got {self.NAME!r}")
+        if self.NAME in ("file", "images") and not self.PATH:
+            raise ValueError(f"PATH is required when NAME is {self.NAME!r}")
         return self
 
 
 class ModelConfig(_Section):
-    BACKBONE: Literal["mlp", "set_attention"] = "mlp"
+    # tables: mlp; padded sets: set_attention; images: resnet (plain torch), timm or torchvision (optional extra)
+    BACKBONE: Literal["mlp", "set_attention", "resnet", "timm", "torchvision"] = "mlp"
     HIDDEN: list[Annotated[Int, _at_least(1)]] = [256, 128]  # [] = a linear model on the features (mlp only)
     HEAD: Literal["independent", "marginal"] = "independent"
     DROPOUT: Annotated[Float, _in_range(0.0, 0.9)] = 0.1
+    WIDTH: Annotated[Int, _in_range(1, 1024)] = 32  # resnet: channels of the first stage (then 2x, 4x)
+    DEPTH: Annotated[Int, _in_range(1, 16)] = 1  # resnet: basic blocks per stage (3 stages)
+    ARCH: Text | None = None  # timm / torchvision: the architecture's name (resnet18, convnext_tiny, ...)
+    PRETRAINED: Text | None = None  # local backbone weights (.safetensors, .pt, .pth); nothing is downloaded
+    FREEZE_BACKBONE: Bool = False  # only the heads train
 
     @model_validator(mode="after")
     def _set_attention_has_a_layer(self):
         if self.BACKBONE == "set_attention" and not self.HIDDEN:
             raise ValueError("HIDDEN must list at least one layer size for BACKBONE 'set_attention', got []")
+        if self.BACKBONE in ("timm", "torchvision") and not self.ARCH:
+            raise ValueError(f"ARCH is required for BACKBONE {self.BACKBONE!r} (e.g. 'resnet18', 'convnext_tiny')")
         return self
 
 
@@ -199,6 +223,7 @@ class TrainConfig(_Section):
     SEED: Seed = 0
     DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
     NUM_THREADS: Annotated[Int, _in_range(0, MAX_THREADS)] = 0  # 0 = leave torch's default
+    AMP: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on the CPU
 
 
 class NullMaskingConfig(_Section):
@@ -216,6 +241,15 @@ class NullMaskingConfig(_Section):
                 f"and END_EPOCH={self.END_EPOCH:g}"
             )
         return self
+
+
+class AugConfig(_Section):
+    """Image augmentation, applied to training batches on the training device; evaluation never augments."""
+
+    # (min, max) share of the image area a random crop keeps before it is resized back; null = no crop
+    RANDOM_RESIZED_CROP: Annotated[list[Annotated[Float, _in_range(0.05, 1.0)]], AfterValidator(_scale_range)] | None = [0.8, 1.0]
+    HFLIP: Bool = False  # off by default: silhouettes and text can be orientation-specific
+    NORMALIZE: Bool = True  # per-channel standardisation with the training set's mean and std
 
 
 class ScheduleConfig(_Section):
@@ -246,6 +280,7 @@ class Config(_Section):
     LOSS: LossConfig = Field(default_factory=LossConfig)
     TRAIN: TrainConfig = Field(default_factory=TrainConfig)
     SCHEDULE: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    AUG: AugConfig = Field(default_factory=AugConfig)
     TRACKING: TrackingConfig = Field(default_factory=TrackingConfig)
 
     # ------------------------------------------------------------------ construction

@@ -49,7 +49,8 @@ class HierarchicalDataset:
     """Features, targets and a taxonomy, held in memory.
 
     Attributes:
-        features: ``FloatTensor (N, F)``, or ``(N, S, F)`` padded sets with ``valid (N, S)``.
+        features: ``FloatTensor (N, F)``, or ``(N, S, F)`` padded sets with ``valid (N, S)``, or images:
+            ``uint8 (N, C, H, W)`` (C = 1 or 3; see :mod:`workbench.images`).
         targets: ``LongTensor (N, R)``, 0 = null.
         taxonomy: the label tree the targets are encoded with.
         feature_names: ``F`` names.
@@ -74,6 +75,14 @@ class HierarchicalDataset:
     that could not honour its fractions); loaders also emit each as a :class:`DataWarning`."""
     split: dict | None = None
     """Set on the parts of :func:`train_val_split`: asked and realised val fraction, sizes, lone samples."""
+    meta: torch.Tensor | None = None
+    """Images: ``FloatTensor (N, M)`` numeric metadata fed beside the image (a manifest's FEATURE_PREFIX columns)."""
+    meta_names: list[str] = field(default_factory=list)
+    image_paths: list[str] | None = None
+    """Images: each row's source, relative to the root (``"animal_mnist#<index>"`` for the built-in set)."""
+    fixed_split: torch.Tensor | None = None
+    """``BoolTensor (N,)``, True = val: a split fixed by the data's source, honoured by :func:`train_val_split`
+    instead of a seeded draw (animal_mnist ships one)."""
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -82,14 +91,26 @@ class HierarchicalDataset:
     def num_features(self) -> int:
         return self.features.shape[-1]
 
+    @property
+    def is_image(self) -> bool:
+        """Images are ``(N, C, H, W)``; tables ``(N, F)`` and sets ``(N, S, F)``."""
+        return self.features.dim() == 4
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape: ``(F,)``, ``(S, F)`` or ``(C, H, W)``."""
+        return tuple(self.features.shape[1:])
+
     def subset(self, index: torch.Tensor) -> HierarchicalDataset:
         """A view of the rows in ``index`` (``LongTensor (M,)``)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         raw = None if self.raw is None else self.raw.iloc[index.numpy()]
+        paths = None if self.image_paths is None else [self.image_paths[i] for i in index.tolist()]
         return replace(
             self, features=self.features[index], targets=self.targets[index],
             sample_weight=pick(self.sample_weight), valid=pick(self.valid),
             multilabel={r: t[index] for r, t in self.multilabel.items()}, raw=raw,
+            meta=pick(self.meta), image_paths=paths, fixed_split=pick(self.fixed_split),
         )
 
     def as_batch(self) -> Batch:
@@ -136,13 +157,20 @@ class HierarchicalDataset:
 
     def describe(self, row: int = 0) -> str:
         """Ranks, class counts, null rates and one row traced from raw values to tensors."""
-        lines = [f"{self.name}: {len(self)} samples, {self.num_features} features"]
+        if self.is_image:
+            c, h, w = self.input_shape
+            lines = [f"{self.name}: {len(self)} images, {c} channel(s) x {h} x {w} px"
+                     + (f", {len(self.meta_names)} metadata columns" if self.meta_names else "")]
+        else:
+            lines = [f"{self.name}: {len(self)} samples, {self.num_features} features"]
         if self.feature_notes:
             lines.append(f"features: {self.feature_notes}")
         lines.append(self.summary_frame().to_string(index=False))
         if self.split is not None:
+            asked = ("fixed by the data's source; DATA.VAL_FRACTION and DATA.SEED do not apply"
+                     if self.split.get("fixed") else f"asked {self.split['asked_val_fraction']}")
             lines.append(f"split: {self.split['train']} train / {self.split['val']} val, val fraction "
-                         f"{self.split['val_fraction']:.3f} (asked {self.split['asked_val_fraction']})")
+                         f"{self.split['val_fraction']:.3f} ({asked})")
         lines.extend(f"warning: {w}" for w in self.warnings)
         if len(self):
             lines.append(f"\nrow {row} traced:")
@@ -151,9 +179,17 @@ class HierarchicalDataset:
             decoded = self.taxonomy.decode(self.targets[row : row + 1]).iloc[0].to_dict()
             lines.append(f"  labels:   {decoded}")
             lines.append(f"  targets:  {self.targets[row].tolist()}  (0 = null)")
-            feats = self.features[row]
-            shown = dict(zip(self.feature_names, [round(float(v), 4) for v in feats.flatten()[: len(self.feature_names)]]))
-            lines.append(f"  features: {shown}")
+            if self.is_image:
+                if self.image_paths is not None:
+                    lines.append(f"  image:    {self.image_paths[row]}")
+                px = self.features[row]
+                lines.append(f"  pixels:   {tuple(px.shape)} uint8, min {int(px.min())}, max {int(px.max())}")
+                if self.meta is not None:
+                    lines.append(f"  meta:     {dict(zip(self.meta_names, [round(float(v), 4) for v in self.meta[row]]))}")
+            else:
+                feats = self.features[row]
+                shown = dict(zip(self.feature_names, [round(float(v), 4) for v in feats.flatten()[: len(self.feature_names)]]))
+                lines.append(f"  features: {shown}")
         return "\n".join(lines)
 
 
@@ -174,6 +210,8 @@ def train_val_split(
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"DATA.VAL_FRACTION must be in (0, 1), got {val_fraction}")
+    if ds.fixed_split is not None:
+        return _fixed_split(ds, val_fraction)
     g = torch.Generator().manual_seed(seed)
     _, stratum = torch.unique(ds.targets, dim=0, return_inverse=True)  # (N,)
     train, val = [], []
@@ -210,6 +248,22 @@ def train_val_split(
     return parts
 
 
+def _fixed_split(ds: HierarchicalDataset, val_fraction: float) -> tuple[HierarchicalDataset, HierarchicalDataset]:
+    """The split the data's source fixed (``ds.fixed_split``, True = val): the same for every seed, so runs
+    and published numbers on that data compare."""
+    val_idx = torch.nonzero(ds.fixed_split).flatten()
+    train_idx = torch.nonzero(~ds.fixed_split).flatten()
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise DataError(f"{ds.name}: the fixed split leaves {len(train_idx)} train and {len(val_idx)} val samples; "
+                        "both need at least one")
+    info = {"asked_val_fraction": val_fraction, "val_fraction": len(val_idx) / len(ds), "train": len(train_idx),
+            "val": len(val_idx), "lone_samples": 0, "fixed": True}
+    parts = ds.subset(train_idx), ds.subset(val_idx)
+    for part in parts:
+        part.split, part.warnings = dict(info), list(ds.warnings)
+    return parts
+
+
 # ---------------------------------------------------------------------- feature helpers
 def _standardise(x: np.ndarray) -> np.ndarray:
     mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
@@ -230,15 +284,36 @@ def _one_hot(df: pd.DataFrame, col: str) -> tuple[np.ndarray, list[str]]:
     return dummies.to_numpy(), list(dummies.columns)
 
 
+def encode_labels(labels: pd.DataFrame, ranks: Sequence[str], null_values=None, source: str = "labels"
+                  ) -> tuple[Taxonomy, torch.Tensor]:
+    """The taxonomy of the rank columns of ``labels`` and their targets ``(N, R)``: the one road from label
+    cells to class ids (null values, conflicts, empty ranks) for tables and images alike. Errors name rows
+    by ``labels.index`` (spreadsheet rows for a file, image paths for a folder tree)."""
+    taxonomy = Taxonomy.from_frame(labels, ranks, null_values=null_values, source=source)
+    check_every_rank_labelled(taxonomy, source)
+    return taxonomy, taxonomy.encode(labels, source=source)
+
+
+def rank_labels(df: pd.DataFrame, ranks: Sequence[str], source: str) -> pd.DataFrame:
+    """A file's rank columns indexed by spreadsheet row (so taxonomy errors name rows as the file shows them);
+    an error names missing rank columns, or every label being empty."""
+    missing = [c for c in ranks if c not in df.columns]
+    if missing:
+        raise DataError(f"{source}: column(s) {missing} not found; columns are {list(df.columns)}")
+    labels = df[list(ranks)].set_axis(pd.RangeIndex(spreadsheet_row(0), spreadsheet_row(len(df)), name=SPREADSHEET_ROWS))
+    if labels.isna().all().all():
+        raise DataError(f"{source}: every label in columns {list(ranks)} is empty/null; nothing to learn")
+    return labels
+
+
 def _frame_dataset(name, raw, labels, ranks, features, feature_names, null_values=None, notes="", sample_weight=None,
                    source=None):
     source = source or name  # errors name the file (full path) where there is one
     x = torch.as_tensor(features, dtype=torch.float32)
     check_finite_features(x, features, feature_names, labels.index, source)
-    taxonomy = Taxonomy.from_frame(labels, ranks, null_values=null_values, source=source)
-    check_every_rank_labelled(taxonomy, source)
+    taxonomy, targets = encode_labels(labels, ranks, null_values, source)
     return HierarchicalDataset(
-        features=x, targets=taxonomy.encode(labels, source=source),
+        features=x, targets=targets,
         taxonomy=taxonomy, feature_names=feature_names, name=name,
         sample_weight=sample_weight, raw=raw.reset_index(drop=True), feature_notes=notes,
         warnings=list(taxonomy.warnings),
@@ -301,6 +376,8 @@ def dataset_hash(ds: HierarchicalDataset) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(ds.taxonomy.to_dict(), sort_keys=True).encode())
     tensors = [ds.features, ds.targets, ds.sample_weight, ds.valid, *(ds.multilabel[r] for r in sorted(ds.multilabel))]
+    # appended only where present, so the hashes of table data recorded before images existed still match
+    tensors += [t for t in (ds.meta, ds.fixed_split) if t is not None]
     for t in tensors:
         if t is None:
             h.update(b"none")
@@ -314,7 +391,8 @@ def dataset_hash(ds: HierarchicalDataset) -> str:
 # ---------------------------------------------------------------------- built-in: ratdat
 RATDAT_PLACEHOLDER_GENERA = ("Rodent", "Sparrow", "Lizard")
 # every rank of each built-in table dataset, coarse to fine (the default of `DATA.RANKS`)
-BUILTIN_RANKS = {"ratdat": ("taxa", "genus", "species"), "olive": ("region", "area")}
+BUILTIN_RANKS = {"ratdat": ("taxa", "genus", "species"), "olive": ("region", "area"),
+                 "animal_mnist": ("class", "order", "family", "animal")}
 
 
 def ratdat_labels(raw: pd.DataFrame) -> pd.DataFrame:
@@ -613,9 +691,7 @@ def load_table(
     cols = _feature_columns(df, ranks, features, feature_prefix, sample_weight, source)
     x = _numeric_matrix(df, cols, source)
     # taxonomy errors name rows by the labels' index: spreadsheet rows, and the index's name says so
-    labels = df[list(ranks)].set_axis(pd.RangeIndex(spreadsheet_row(0), spreadsheet_row(len(df)), name=SPREADSHEET_ROWS))
-    if labels.isna().all().all():
-        raise DataError(f"{source}: every label in columns {list(ranks)} is empty/null; nothing to learn")
+    labels = rank_labels(df, ranks, source)
     weight = None
     if sample_weight:
         w = _numeric_matrix(df, [sample_weight], source)[:, 0]
@@ -736,6 +812,10 @@ def load_dataset(data_cfg) -> HierarchicalDataset:
             data_cfg.PATH, ranks, data_cfg.FEATURES, data_cfg.FEATURE_PREFIX, data_cfg.SAMPLE_WEIGHT,
             data_cfg.NULL_VALUES,
         )
+    if data_cfg.NAME in ("images", "animal_mnist"):
+        from workbench import images  # Pillow is imported there, only when images are read
+
+        return images.load_from_config(data_cfg, ranks)
     if data_cfg.NAME == "synthetic":
         s = data_cfg.SYNTHETIC
         return _cached_synthetic(s.N, tuple(s.BRANCHING), s.NUM_FEATURES, s.NOISE, tuple(s.NULL_RATES),

@@ -313,8 +313,8 @@ def overlay(
 
 # ---------------------------------------------------------------------- run tables
 # config sections worth comparing runs on, and keys never worth it (paths, devices, the parent's id)
-CONFIG_SECTIONS = ("DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE")
-SKIP_PREFIXES = ("TRACKING.", "DATA.PATH", "TRAIN.INIT_FROM", "TRAIN.DEVICE", "TRAIN.NUM_THREADS")
+CONFIG_SECTIONS = ("DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE", "AUG")
+SKIP_PREFIXES = ("TRACKING.", "DATA.PATH", "DATA.ROOT", "DATA.CACHE_DIR", "TRAIN.INIT_FROM", "TRAIN.DEVICE", "TRAIN.NUM_THREADS")
 
 
 def _comparable(values: pd.Series) -> pd.Series:
@@ -562,3 +562,68 @@ def class_count_bars(counts: pd.DataFrame, rank: str, log_x: bool = False, top: 
     # largest first from the top; every class name shown (no tick thinning)
     fig.update_yaxes(autorange="reversed", automargin=True, type="category", dtick=1)
     return fig
+
+
+THUMBS_PER_CLASS = 8  # images per class row in :func:`thumbnail_grid`
+THUMB_MAX_CLASSES = 30  # class rows shown at most (the largest classes; the title says how many were left out)
+THUMB_GUTTER_PX = 2  # white gap between thumbnails, in source pixels
+THUMB_ROW_PX = 64  # displayed height of one class row
+
+
+def thumbnail_grid(dataset, rank: str, per_class: int = THUMBS_PER_CLASS, max_classes: int = THUMB_MAX_CLASSES,
+                   seed: int = 0) -> go.Figure:
+    """Up to ``per_class`` images of each class at ``rank`` of an image dataset, one row per class.
+
+    The rows are composed into one RGB picture, drawn as a single ``go.Image`` (one PNG, not one trace
+    per thumbnail: a grid of 30 x 8 images renders as fast as one chart); the y axis names each row's
+    class, with its sample count. Samples whose label stops above ``rank`` form a ``(null)`` row (the
+    partial labels). Which images are shown is fixed by ``seed``. ``dataset.features`` are
+    ``uint8 (N, C, H, W)`` with C = 1 (grey) or 3 (RGB).
+    """
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    x = dataset.features
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"thumbnail_grid needs images (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
+    r = list(dataset.taxonomy.ranks).index(rank)
+    y = dataset.targets[:, r].numpy()  # (N,)
+    classes, counts = np.unique(y, return_counts=True)
+    order = sorted(zip(classes, counts), key=lambda cc: (cc[0] == 0, -cc[1], cc[0]))  # largest first, null last
+    shown = order[:max_classes]
+    rng = np.random.default_rng(seed)
+    _, c, h, w = x.shape
+    g = THUMB_GUTTER_PX
+    canvas = np.full((len(shown) * (h + g) - g, per_class * (w + g) - g, 3), 255, np.uint8)  # (H', W', 3)
+    labels = []
+    for row, (cls, count) in enumerate(shown):
+        idx = np.flatnonzero(y == cls)
+        pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        tiles = x[torch.from_numpy(pick.astype(np.int64))]  # (k, C, H, W)
+        if tiles.dtype.is_floating_point:  # normalised to [0, 1]
+            tiles = (tiles.clamp(0, 1) * 255).round()
+        tiles = tiles.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (k, H, W, C)
+        if c == 1:
+            tiles = np.repeat(tiles, 3, axis=3)
+        for col, tile in enumerate(tiles):
+            canvas[row * (h + g): row * (h + g) + h, col * (w + g): col * (w + g) + w] = tile
+        name = dataset.taxonomy.vocab[r][int(cls)]
+        labels.append(f"{'(null)' if cls == 0 or name is None else name} ({int(count):,})")
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    source = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    fig = go.Figure(go.Image(source=source, hoverinfo="skip"))
+    more = f", the {max_classes} largest of {len(order)} classes" if len(order) > max_classes else ""
+    fig.update_layout(
+        height=max(THUMB_ROW_PX * len(shown) + 70, 200), margin={"l": 10, "r": 10, "t": 45, "b": 10},
+        template="plotly_white", hovermode=False,
+        title={"text": f"Up to {per_class} images per class at {rank}{more}", "x": 0.0, "font": {"size": 15}},
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(tickmode="array", tickvals=[row * (h + g) + h / 2 for row in range(len(shown))],
+                     ticktext=labels, showgrid=False, zeroline=False, ticks="")
+    return fig
+

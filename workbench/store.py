@@ -91,7 +91,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 # runs columns that hold JSON (parsed by the readers); absent in stores older than version 2
 JSON_RUN_COLUMNS = ("ranks", "environment")
 
-from workbench.names import CHECKPOINT_NAME, CHECKPOINTS_DIR, LOCK_NAME, STATUSES  # noqa: E402,F401 (one home: names.py)
+from workbench.names import CHECKPOINT_NAME, CHECKPOINTS_DIR, LOCK_NAME, STATUSES, ranks_of  # noqa: E402,F401 (one home: names.py)
 
 RUN_ID_MAX = 64
 RUN_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{RUN_ID_MAX - 1}}}")
@@ -576,8 +576,7 @@ def fallback_ranks(config: Mapping, val_acc_keys: Sequence[str] = ()) -> list[st
     ranks = (config.get("DATA") or {}).get("RANKS") if isinstance(config, Mapping) else None
     if ranks:
         return [str(r) for r in ranks]
-    prefix = "val/acc/"
-    return list(dict.fromkeys(k[len(prefix):] for k in val_acc_keys if k.startswith(prefix)))
+    return list(dict.fromkeys(ranks_of(val_acc_keys)))
 
 
 def _json_or_none(text):

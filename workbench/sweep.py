@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.config import Config, ConfigError, apply_overrides, flatten
+from workbench.config import Config, ConfigError, _bounded_yaml, _YamlRefused, apply_overrides, flatten, shorten
 from workbench.events import BaseSink, EpochResult, RunFinished, RunStarted
 from workbench.store import RunStore
 
@@ -665,6 +665,11 @@ def split_values(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+# one range (lo:hi:step) expands to at most this many values, checked before it is built; the grid as a
+# whole is then held to MAX_TRIALS unless confirmed (--max-trials / --yes)
+MAX_RANGE_VALUES = 100_000
+
+
 def parse_values(text: str, key: str = "values") -> list:
     """``"0,0.1,0.5"`` -> ``[0.0, 0.1, 0.5]``; ``"0:1:0.25"`` -> ``[0, 0.25, 0.5, 0.75, 1]``; ``"true,false"`` -> bools.
 
@@ -683,14 +688,19 @@ def parse_values(text: str, key: str = "values") -> list:
         if hi < lo:
             raise ConfigError(f"range {text!r} (lo:hi:step): hi must be >= lo")
         n = int(round((hi - lo) / step)) + 1
+        if n > MAX_RANGE_VALUES:  # before building the list: 0:1:1e-9 would be a billion values
+            raise ConfigError(f"range {text!r} gives {n:,} values for `{key}`; a range may give at most "
+                              f"{MAX_RANGE_VALUES:,} (use a larger step)")
         return [round(lo + i * step, 10) for i in range(n)]
     values = []
     for v in split_values(text):
         try:
-            values.append(yaml.safe_load(v))
+            values.append(_bounded_yaml(v))  # the config's bounded loader: no alias bombs in a grid either
         except yaml.YAMLError as e:
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise ConfigError(f"sweep grid `{key}`: value {v!r} is not valid YAML/JSON ({problem})") from None
+        except _YamlRefused as e:
+            raise ConfigError(f"sweep grid `{key}`: value {shorten(v)!r} refused: {e}") from None
     return values
 
 

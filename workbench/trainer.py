@@ -32,7 +32,8 @@ from workbench.events import EpochResult, RunFinished, RunStarted, Sink, SinkErr
 from workbench.health import HealthMonitor, zero_total_weight
 from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
 from workbench.masking import NullMaskSchedule, null_keep_mask
-from workbench.models import HierarchicalModel, build_model
+from workbench.augment import Augment, channel_stats
+from workbench.models import IMAGE_BACKBONES, HierarchicalModel, build_model, load_pretrained
 from workbench.environment import environment_record
 from workbench.store import (
     CHECKPOINT_NAME, LOCK_NAME, RUN_ID_RE, RunStore, StoreError, new_run_id, validate_run_id, validate_run_name,
@@ -40,6 +41,11 @@ from workbench.store import (
 from workbench.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
+
+# rows per forward when predicting: tables are cheap per row; images are not (a (B, C, H, W) batch's
+# activations are ~width x H x W floats each), so evaluation batches them far smaller
+EVAL_BATCH_ROWS = 8192
+EVAL_BATCH_IMAGES = 512
 
 
 class StopRun(Exception):
@@ -312,6 +318,16 @@ class Trainer:
                 f"got {weights}"
             )
         backbone, shape = self.cfg.MODEL.BACKBONE, tuple(self.train_ds.features.shape)
+        if backbone in IMAGE_BACKBONES or len(shape) == 4:
+            if backbone not in IMAGE_BACKBONES or len(shape) != 4:
+                needs = ("images, features (N, C, H, W)" if backbone in IMAGE_BACKBONES
+                         else "features (N, F) or (N, S, F)")
+                raise ConfigError(
+                    f"`MODEL.BACKBONE` {backbone!r} needs {needs}; the data {self.train_ds.name!r} has features of shape "
+                    f"{shape}" + ("; use 'resnet', 'timm' or 'torchvision'" if len(shape) == 4 else
+                                  "; use 'mlp' or 'set_attention'")
+                )
+            return
         want = 3 if backbone == "set_attention" else 2
         if len(shape) != want:
             needs = "padded sets, features (N, S, F) with a valid mask" if want == 3 else "features (N, F), one row per sample"
@@ -323,11 +339,27 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.TRAIN.SEED)
-        self.model: HierarchicalModel = build_model(
-            cfg.MODEL.BACKBONE, cfg.MODEL.HIDDEN, cfg.MODEL.HEAD, self.train_ds.num_features, self.taxonomy,
-            cfg.MODEL.DROPOUT,
-        ).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY)
+        m = cfg.MODEL
+        self.is_image = self.train_ds.features.dim() == 4
+        meta = getattr(self.train_ds, "meta", None)  # (N, M) numeric columns beside the image, or None
+        model = build_model(
+            m.BACKBONE, m.HIDDEN, m.HEAD, self.train_ds.num_features, self.taxonomy, m.DROPOUT,
+            input_shape=tuple(self.train_ds.features.shape[1:]), width=m.WIDTH, depth=m.DEPTH, arch=m.ARCH,
+            meta_dim=0 if meta is None else meta.shape[1],
+        )
+        if model.input is not None and getattr(getattr(cfg, "AUG", None), "NORMALIZE", True):
+            model.input.set_stats(*channel_stats(self.train_ds.features))  # once, from the training split only
+        if m.PRETRAINED:
+            load_pretrained(model, m.PRETRAINED)
+        if m.FREEZE_BACKBONE:
+            model.backbone.requires_grad_(False)
+        # channels-last: the layout cuDNN's convolutions are fastest in (no gain, and no support needed, on the CPU)
+        self.channels_last = self.is_image and self.device.type == "cuda"
+        self.model: HierarchicalModel = model.to(self.device, memory_format=torch.channels_last) \
+            if self.channels_last else model.to(self.device)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # the heads only when frozen
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY)
+        self.augment = Augment.from_config(cfg)
         r = self.taxonomy.num_ranks
         if cfg.LOSS.RANK_WEIGHTS is not None:  # length checked in __init__
             self.rank_weights = torch.tensor(cfg.LOSS.RANK_WEIGHTS, dtype=torch.float32)
@@ -343,9 +375,11 @@ class Trainer:
         self.schedule = NullMaskSchedule(nm.ENABLED, nm.START_PROB, nm.END_PROB, nm.START_EPOCH, nm.END_EPOCH)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 1)
         self.mask_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 2)
+        self.aug_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 3)
         self.health = HealthMonitor(self.taxonomy.ranks, standing=zero_total_weight(
             self.train_ds.targets, self.train_ds.sample_weight, self.rank_weights.cpu(), self.taxonomy.ranks))
-        self.use_amp = self.device.type == "cuda"
+        amp = cfg.TRAIN.AMP
+        self.use_amp = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
 
     def state_dict(self, epoch: int) -> dict:
         """Everything a resume needs after ``epoch``: weights, optimizer, RNG states, config, taxonomy."""
@@ -354,7 +388,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
             "taxonomy": self.taxonomy.to_dict(), "rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle_gen.get_state(), "mask_rng": self.mask_gen.get_state(),
-            "data_hash": self.data_hash, "data_rows": self.data_rows,
+            "aug_rng": self.aug_gen.get_state(), "data_hash": self.data_hash, "data_rows": self.data_rows,
         }
 
     def _load_init(self) -> None:
@@ -404,6 +438,8 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         self.shuffle_gen.set_state(state["shuffle_rng"])
         self.mask_gen.set_state(state["mask_rng"])
+        if "aug_rng" in state:  # absent in checkpoints written before image augmentation
+            self.aug_gen.set_state(state["aug_rng"])
         return int(state["epoch"]) + 1
 
     # ------------------------------------------------------------------ loop
@@ -480,11 +516,33 @@ class Trainer:
             metrics[f"health/{key}"] = float(fired)
         return EpochResult(self.run_id, epoch, metrics, curves, health, str(self.ckpt_path))
 
-    def _forward(self, batch):
+    def _batches(self, ds: HierarchicalDataset, batch_size: int, shuffle: bool = False):
+        """``(batch on the device, meta (B, M) on the device or None)`` per mini-batch, by tensor indexing
+        (the same permutation draw as :meth:`HierarchicalDataset.batches`). Image batches are indexed on
+        the CPU as uint8 and, on CUDA, pinned so the copy overlaps compute."""
+        meta = getattr(ds, "meta", None)
+        n = len(ds)
+        order = torch.randperm(n, generator=self.shuffle_gen) if shuffle else torch.arange(n)
+        pin = self.is_image and self.device.type == "cuda"
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            batch = ds.batch(idx)
+            if pin:
+                batch.features = batch.features.pin_memory()
+            m = None if meta is None else meta[idx].to(self.device, non_blocking=True)
+            yield batch.to(self.device, non_blocking=True), m
+
+    def _forward(self, batch, meta=None, training: bool = False):
+        x = batch.features
+        if self.is_image:
+            if training and self.augment.active:  # uint8 -> float in [0, 1], cropped and flipped; never in eval
+                x = self.augment(x, self.aug_gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         if not self.use_amp:  # CPU: skip entering a disabled autocast context on every batch
-            return self.model.forward_with_embedding(batch.features, batch.valid)
+            return self.model.forward_with_embedding(x, batch.valid, meta)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            logits, z = self.model.forward_with_embedding(batch.features, batch.valid)
+            logits, z = self.model.forward_with_embedding(x, batch.valid, meta)
         return [lg.float() for lg in logits], z
 
     def _loss(self, logits, batch, keep):
@@ -499,15 +557,16 @@ class Trainer:
         sums and the accuracy counts are taken once at the end of the epoch.
         """
         self.model.train()
+        if self.cfg.MODEL.FREEZE_BACKBONE:  # a frozen backbone's batch-norm statistics stay as loaded, too
+            self.model.backbone.eval()
         ranks = self.taxonomy.ranks
         n_batches = self.train_ds.num_batches(self.cfg.TRAIN.BATCH_SIZE)
         phase1 = self.cfg.TRAIN.PHASE1_MASK_NULL_LOSS
         losses, sizes, kept, preds, targets, probs = [], [], [], [], [], []
-        for b, batch in enumerate(self.train_ds.batches(self.cfg.TRAIN.BATCH_SIZE, shuffle=True, generator=self.shuffle_gen)):
-            batch = batch.to(self.device, non_blocking=True)
+        for b, (batch, meta) in enumerate(self._batches(self.train_ds, self.cfg.TRAIN.BATCH_SIZE, shuffle=True)):
             p = 0.0 if phase1 else self.schedule.prob(epoch + b / n_batches)  # fractional epoch
             keep = null_keep_mask(batch.targets, p, phase1=phase1, training=True, generator=self.mask_gen)  # (B, R)
-            logits, z = self._forward(batch)
+            logits, z = self._forward(batch, meta, training=True)
             total, per_rank = self._loss(logits, batch, keep)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -557,12 +616,14 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def predict(self, ds: HierarchicalDataset, batch_size: int = 8192):
-        """``(logits list of R x (N, K_r + 1), embeddings (N, H))`` in eval mode."""
+    def predict(self, ds: HierarchicalDataset, batch_size: int | None = None):
+        """``(logits list of R x (N, K_r + 1), embeddings (N, H))`` in eval mode, in batches of
+        ``batch_size`` (default :data:`EVAL_BATCH_IMAGES` for images, :data:`EVAL_BATCH_ROWS` else)."""
         self.model.eval()
         outs, zs = [], []
-        for batch in ds.batches(batch_size):
-            logits, z = self._forward(batch.to(self.device))
+        batch_size = batch_size or (EVAL_BATCH_IMAGES if ds.features.dim() == 4 else EVAL_BATCH_ROWS)
+        for batch, meta in self._batches(ds, batch_size):
+            logits, z = self._forward(batch, meta)
             outs.append([lg.cpu() for lg in logits])
             zs.append(z.float().cpu())
         logits = [torch.cat([o[r] for o in outs]) for r in range(self.taxonomy.num_ranks)]
