@@ -523,6 +523,24 @@ def delimiter_note(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------- runs
+def split_report(ds, val_fraction: float, seed: int) -> tuple[str, list[str]]:
+    """The train/val split a run on ``ds`` will use (the trainer's own :func:`train_val_split`), as a
+    one-line caption, and the data's warnings (the loader's and the split's, e.g. a val fraction it
+    could not honour), so the Data page says what the CLI prints as ``warning:`` lines."""
+    import warnings as _warnings
+
+    from workbench.data import DataWarning, train_val_split
+
+    with _warnings.catch_warnings():  # shown on the page, not in the server log
+        _warnings.simplefilter("ignore", DataWarning)
+        train, val = train_val_split(ds, val_fraction, seed)
+    info = val.split or {}
+    how = "fixed by the data's source" if info.get("fixed") else f"stratified by label path, seed {seed}"
+    caption = (f"Split: {len(train):,} train / {len(val):,} val ({info.get('val_fraction', 0):.1%} val, {how}; "
+               f"asked {val_fraction:.0%}).")
+    return caption, list(dict.fromkeys([*ds.warnings, *val.warnings]))
+
+
 def describe_data(data: dict) -> str:
     """One line about a ``DATA`` section, e.g. ``synthetic: N=20000, branching 3-3-3, null rates 0/0.1/0.3``."""
     if data["NAME"] == "synthetic":

@@ -157,3 +157,22 @@ def test_upload_conflicts_listed_in_the_page_error(store_path):
     assert "2 have more than one" in error and ROWS_NOTE in error
     assert "family 'a1': order 'A' in rows 2, 6, 10; order 'B' in row 14" in error
     assert "family 'a2': order 'A' in rows 3, 7, 11; order 'B' in row 15" in error
+
+
+def test_data_page_shows_the_split_and_the_data_warnings(store_path):
+    """What the CLI prints as `warning:` lines reaches the page too: labels equal up to case, and the split
+    the Train page's runs will use (the trainer's own split function, not a second computation)."""
+    from workbench.data import train_val_split
+
+    at = app()
+    at.segmented_control(key="d_source").set_value("Upload a file").run()
+    rows = ROWS + [["b", "b2", "0.2", "0.2"]] * 3  # 'b' vs 'B': two classes that differ only by case
+    content = "\n".join(",".join(r) for r in [HEADER, *rows]) + "\n"
+    at.file_uploader(key="d_upload").set_value(("cases.csv", content.encode(), "text/csv")).run()
+    at.multiselect(key="d_ranks").set_value(["order", "family"]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    warning = " ".join(plain(w.value) for w in at.warning)
+    assert "'B' / 'b'" in warning or "'b' / 'B'" in warning, warning
+    ds = load_table(Path(at.session_state["data_cfg"]["PATH"]), ["order", "family"], None, "x", None, None)
+    train, val = train_val_split(ds, 0.2, 0)
+    assert f"Split: {len(train):,} train / {len(val):,} val" in plain(texts(at))
