@@ -23,17 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from test_models_images import quadrant_images  # noqa: E402  (the same learnable image set as the tests)
 
 from workbench.augment import Augment  # noqa: E402
 from workbench.config import Config  # noqa: E402
-from workbench.data import HierarchicalDataset  # noqa: E402
 from workbench.models import build_model  # noqa: E402
-from workbench.taxonomy import Taxonomy  # noqa: E402
 from workbench.trainer import Trainer, pick_device  # noqa: E402
 
 
@@ -56,20 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         print("animal_mnist is not installed: using synthetic images")
         args.data = "synthetic"
     return args
-
-
-def synthetic_images(n: int, size: int, seed: int = 0) -> HierarchicalDataset:
-    """One bright quadrant per image; half (top/bottom) > quadrant."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 4, (n,), generator=g)
-    x = torch.randint(0, 60, (n, 1, size, size), generator=g, dtype=torch.uint8)
-    h = size // 2
-    for k in range(4):
-        r, col = divmod(k, 2)
-        x[q == k, :, r * h : (r + 1) * h, col * h : (col + 1) * h] += 150
-    df = pd.DataFrame({"half": ["top" if k < 2 else "bottom" for k in q.tolist()], "quad": [f"q{k}" for k in q.tolist()]})
-    tax = Taxonomy.from_frame(df, ["half", "quad"])
-    return HierarchicalDataset(features=x, targets=tax.encode(df), taxonomy=tax, feature_names=[], name="quadrants")
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device):
@@ -130,7 +116,7 @@ def main(argv=None) -> int:
             trainer = Trainer(cfg, progress=False)
         else:
             cfg = Config().with_overrides(overrides)
-            trainer = Trainer(cfg, dataset=synthetic_images(args.n, args.size), progress=False)
+            trainer = Trainer(cfg, dataset=quadrant_images(args.n, size=args.size), progress=False)
         train = trainer.train_ds
         m = cfg.MODEL
         model = build_model(m.BACKBONE, m.HIDDEN, m.HEAD, train.num_features, trainer.taxonomy, m.DROPOUT,
