@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm  # not tqdm.auto: no ipywidgets warning in notebooks
 
 from workbench import metrics as M
+from workbench import names as N
 from workbench.config import Config, ConfigError
 from workbench.data import (
     DataError, HierarchicalDataset, check_finite_features, dataset_hash, load_dataset, train_val_split,
@@ -508,7 +509,7 @@ class Trainer:
         seconds = time.perf_counter() - t0
         val_metrics, curves, val_out = self.evaluate(self.val_ds, split="val")
         metrics = {**train_metrics, **val_metrics,
-                   "time/epoch_seconds": seconds, "time/train_samples_per_sec": len(self.train_ds) / seconds}
+                   N.EPOCH_SECONDS: seconds, N.TRAIN_SAMPLES_PER_SEC: len(self.train_ds) / seconds}
         if self.cfg.TRACKING.CURVES == "last_epoch" and epoch != self.cfg.TRAIN.EPOCHS - 1:
             curves = curves.iloc[0:0]  # best thresholds are still in the metrics
         health = self.health.check_epoch(train_metrics, val_out, self.model)
@@ -588,15 +589,15 @@ class Trainer:
         n = len(self.train_ds)
         totals, kept_total = loss_sums.sum(dim=0), torch.stack(kept).sum(dim=0).cpu()
         metrics = {
-            "core/train_loss": float(totals[0]) / n,
-            "core/train_chain_acc": float(out["chain_acc"]),
-            "core/train_partial_chain_acc": float(out["partial_chain_acc"]),
-            "schedule/null_inclusion_prob": sum(probs) / len(probs),
+            N.TRAIN_LOSS: float(totals[0]) / n,
+            N.TRAIN_CHAIN_ACC: float(out["chain_acc"]),
+            N.TRAIN_PARTIAL_CHAIN_ACC: float(out["partial_chain_acc"]),
+            N.NULL_INCLUSION_PROB: sum(probs) / len(probs),
         }
         for r, rank in enumerate(ranks):
-            metrics[f"train/acc/{rank}"] = float(out["rank_acc"][r])
-            metrics[f"train/loss/{rank}"] = float(totals[r + 1]) / n
-            metrics[f"train/kept/{rank}"] = float(kept_total[r])
+            metrics[N.rank_key("train", N.ACC, rank)] = float(out["rank_acc"][r])
+            metrics[N.rank_key("train", N.LOSS, rank)] = float(totals[r + 1]) / n
+            metrics[N.rank_key("train", N.KEPT, rank)] = float(kept_total[r])
         return metrics
 
     def _check_finite_loss(self, batch_losses: torch.Tensor, epoch: int) -> None:
@@ -621,7 +622,7 @@ class Trainer:
         ``batch_size`` (default :data:`EVAL_BATCH_IMAGES` for images, :data:`EVAL_BATCH_ROWS` else)."""
         self.model.eval()
         outs, zs = [], []
-        batch_size = batch_size or (EVAL_BATCH_IMAGES if ds.features.dim() == 4 else EVAL_BATCH_ROWS)
+        batch_size = batch_size or (EVAL_BATCH_IMAGES if ds.is_image else EVAL_BATCH_ROWS)
         for batch, meta in self._batches(ds, batch_size):
             logits, z = self._forward(batch, meta)
             outs.append([lg.cpu() for lg in logits])
@@ -654,28 +655,28 @@ class Trainer:
         rank_acc = M.rank_accuracy(preds, y)
         sev = M.mistake_severity(preds, y, self.taxonomy)
         metrics = {
-            f"core/{split}_loss": float(total),
-            f"core/{split}_chain_acc": float(M.chain_accuracy(preds, y)),
-            f"core/{split}_partial_chain_acc": float(M.partial_chain_accuracy(preds, y)),
-            f"{split}/consistency": float(M.consistency_rate(preds, self.taxonomy)),
-            f"{split}/severity": float(sev["severity"]),
-            f"{split}/hdist@1": float(sev["hdist@1"]),
+            N.core_key(split, "loss"): float(total),
+            N.core_key(split, "chain_acc"): float(M.chain_accuracy(preds, y)),
+            N.core_key(split, "partial_chain_acc"): float(M.partial_chain_accuracy(preds, y)),
+            N.split_key(split, "consistency"): float(M.consistency_rate(preds, self.taxonomy)),
+            N.split_key(split, "severity"): float(sev["severity"]),
+            N.split_key(split, "hdist@1"): float(sev["hdist@1"]),
         }
         probs = self.probabilities(logits)
         multilabel = {r: full.multilabel[r] for r in self.multilabel_ranks}
         curves = M.threshold_curves(probs, y, multilabel_targets=multilabel)
         for r, rank in enumerate(ranks):
-            metrics[f"{split}/acc/{rank}"] = float(rank_acc[r])
-            metrics[f"{split}/loss/{rank}"] = float(per_rank[r])
+            metrics[N.rank_key(split, N.ACC, rank)] = float(rank_acc[r])
+            metrics[N.rank_key(split, N.LOSS, rank)] = float(per_rank[r])
             by = "micro_f1" if r in multilabel else "accuracy"
             tau, value = M.best_thresholds({r: curves[r]}, by=by)[r]
-            metrics[f"{split}/best_tau/{rank}"] = tau
-            metrics[f"{split}/best_tau_{by}/{rank}"] = value
+            metrics[N.best_tau(rank, split)] = tau
+            metrics[N.best_tau_value(by, rank, split)] = value
         frame = M.curves_frame(curves, ranks)
         frame.insert(0, "split", split)
         return metrics, frame, {"preds": preds, "targets": y, "embeddings": z, "valid": full.valid}
 
 
 def _postfix(metrics) -> dict[str, str]:
-    keys = {"loss": "core/train_loss", "val_chain": "core/val_chain_acc", "val_partial": "core/val_partial_chain_acc"}
+    keys = {"loss": N.TRAIN_LOSS, "val_chain": N.VAL_CHAIN_ACC, "val_partial": N.VAL_PARTIAL_CHAIN_ACC}
     return {short: f"{metrics[k]:.3f}" for short, k in keys.items() if k in metrics}
