@@ -523,21 +523,25 @@ def delimiter_note(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------- runs
-def split_report(ds, val_fraction: float, seed: int) -> tuple[str, list[str]]:
-    """The train/val split a run on ``ds`` will use (the trainer's own :func:`train_val_split`), as a
-    one-line caption, and the data's warnings (the loader's and the split's, e.g. a val fraction it
-    could not honour), so the Data page says what the CLI prints as ``warning:`` lines."""
+def split_report(ds, val_fraction: float, seed: int, test_fraction: float | None = None) -> tuple[str, list[str]]:
+    """The train/val/test split a run on ``ds`` will use (the trainer's own :func:`split_dataset`; ``test_fraction``
+    None = the config's default), as a one-line caption naming each part's size, and the data's warnings (the
+    loader's and the split's, e.g. a fraction it could not honour or a fixed split used instead), so the Data
+    page says what the CLI prints as ``warning:`` lines."""
     import warnings as _warnings
 
-    from workbench.data import DataWarning, train_val_split
+    from workbench.data import DataWarning, split_dataset
 
+    if test_fraction is None:
+        test_fraction = DataConfig.model_fields["TEST_FRACTION"].default
     with _warnings.catch_warnings():  # shown on the page, not in the server log
         _warnings.simplefilter("ignore", DataWarning)
-        train, val = train_val_split(ds, val_fraction, seed)
+        train, val, test = split_dataset(ds, val_fraction, test_fraction, seed)
     info = val.split or {}
     how = "fixed by the data's source" if info.get("fixed") else f"stratified by label path, seed {seed}"
-    caption = (f"Split: {len(train):,} train / {len(val):,} val ({info.get('val_fraction', 0):.1%} val, {how}; "
-               f"asked {val_fraction:.0%}).")
+    tested = f"{len(test):,} test" if test is not None else "no test"
+    caption = (f"Split: {len(train):,} train / {len(val):,} val / {tested} ({info.get('val_fraction', 0):.1%} val, "
+               f"{info.get('test_fraction', 0):.1%} test, {how}; asked {val_fraction:.0%} val, {test_fraction:.0%} test).")
     return caption, list(dict.fromkeys([*ds.warnings, *val.warnings]))
 
 

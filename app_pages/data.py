@@ -245,7 +245,7 @@ fully = float((ds.targets != 0).all(dim=1).float().mean())
 c4.metric("Fully labelled", f"{fully:.1%}", help="Samples with a label at every rank.")
 if ds.feature_notes:
     st.caption(f"Features: {sh.md_escape(ds.feature_notes)}")
-split_caption, split_notes = sh.split_report(ds, data["VAL_FRACTION"], data["SEED"])
+split_caption, split_notes = sh.split_report(ds, data["VAL_FRACTION"], data["SEED"], data.get("TEST_FRACTION"))
 st.caption(split_caption)
 for note in split_notes:  # labels equal up to case, skipped files, a split that cannot honour its fraction
     st.warning(sh.md_escape(note), icon=":material/warning:")

@@ -1,6 +1,7 @@
 """Runs page: the run table (final metrics, per-rank accuracy and best τ), overlaid curves of
-selected runs (grouped by config keys, phase 2 drawn after its parent), config vs final metrics,
-CSV export, and "load this run's config into the Train form"."""
+selected runs (grouped by config keys, phase 2 drawn after its parent), one run's evaluation (test vs
+the selected epoch's val, confusions per rank, predictions), config vs final metrics, CSV export, and
+"load this run's config into the Train form"."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from app_pages import _evaluation as ev
 from app_pages import _shared as sh
 from workbench import names as N
 from workbench import plots
@@ -194,6 +196,14 @@ else:
     st.plotly_chart(plots.overlay(long, key, smoothing, group_cols or None, labels, offsets), key="ru_overlay")
     if key.endswith("partial_chain_acc") or key.endswith("chain_acc"):
         st.caption(f"{sh.METRIC_HELP['chain']} {sh.METRIC_HELP['partial']}")
+
+# ---------------------------------------------------------------------- one run's evaluation
+st.subheader("Evaluate a run", divider="gray")
+if st.session_state.get("ru_eval_run") not in ids:
+    st.session_state.ru_eval_run = ids[0]
+eval_id = st.selectbox("Run", ids, key="ru_eval_run", format_func=lambda r: full_labels.get(r, r),
+                       help="One of the compared runs: its test numbers, confusions per rank and predictions.")
+ev.evaluation_view(eval_id, key="ru_ev")
 
 # ---------------------------------------------------------------------- config vs final metrics
 st.subheader("Config vs final metrics", divider="gray")

@@ -19,9 +19,11 @@ from workbench import plots
 from workbench.config import ConfigError
 from workbench.launch import LaunchError, launch_sweep, list_sweeps, log_path, log_tail, stop_sweep
 from workbench.sweep import SWEEP_ACTIVE
-from workbench.names import VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC
+from workbench.names import TEST_PARTIAL_CHAIN_ACC, VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC
 from workbench.summaries import metric_values
-from workbench.sweep_results import accuracy_vs_key_figure, store_tidy, summarize
+from workbench.sweep_results import (
+    NO_TEST_NOTE, accuracy_vs_key_figure, has_test, per_run_table, report_table, report_title, store_tidy, summarize,
+)
 
 LIVE_REFRESH_S = 2.0
 LOG_LINES = 400  # of the sweep driver's log shown in the page
@@ -130,6 +132,24 @@ if ss.get("sw_pick") not in ids:
 sweep_id = st.selectbox("Sweep", ids, key="sw_pick", format_func=lambda s: f"{s} · {status_of[s]}")
 
 
+def trial_numbers(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Per trial: its last epoch's val chain / partial-chain accuracy, its selected epoch (0-based, chosen on
+    val) and, when it has one, its test partial-chain accuracy there. Empty before the first epoch."""
+    if tidy.empty:
+        return pd.DataFrame()
+    final = metric_values(tidy, "last", run="run", key="metric")
+    out = pd.DataFrame(index=final.index)
+    for key, label in ((VAL_CHAIN_ACC, "val chain (last epoch)"),
+                       (VAL_PARTIAL_CHAIN_ACC, "val partial chain (last epoch)")):
+        if key in final:
+            out[label] = final[key]
+    best = per_run_table(tidy, []).query("at == 'best'").set_index("run")
+    out["selected epoch"] = best["epoch"].astype(int)
+    if TEST_PARTIAL_CHAIN_ACC in best:
+        out["test partial chain (selected epoch)"] = best[TEST_PARTIAL_CHAIN_ACC]
+    return out
+
+
 def live_sweep(sweep_id: str, was_active: bool) -> None:
     """The sweep's status, reason, log, trials and chart, re-read every few seconds while it is active."""
 
@@ -174,10 +194,17 @@ def live_sweep(sweep_id: str, was_active: bool) -> None:
             summary = summarize(tidy, keys)
             ranks = store.run_ranks(trials["id"].iloc[0])
             st.plotly_chart(accuracy_vs_key_figure(summary, keys[0], ranks), key="sweep_acc")
-        final = metric_values(tidy, "last", run="run", key="metric") if not tidy.empty else pd.DataFrame()
+            # select on val, report test (DESIGN.md 3.5): one row per swept point, mean ± std over seeds
+            st.markdown("**Results per swept point**")
+            title = report_title(summary)
+            st.caption(sh.md_escape(f"{title[:1].upper()}{title[1:]}; mean ± std over seeds."))
+            if not has_test(summary):
+                st.warning(sh.md_escape(f"{NO_TEST_NOTE[:1].upper()}{NO_TEST_NOTE[1:]}: each trial's epoch was "
+                                        "selected on these same val numbers, so they are optimistic."),
+                           icon=":material/warning:")
+            st.dataframe(report_table(summary), width="stretch", hide_index=True, key="sw_summary")
         show = trials.set_index("id")[["status", "epochs_done", *keys, "TRAIN.SEED"]]
-        cols = [c for c in (VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC) if c in final]
-        st.dataframe(show.join(final[cols]) if cols else show, width="stretch", key="sw_trials")
+        st.dataframe(show.join(trial_numbers(tidy)), width="stretch", key="sw_trials")
         for trial in trials[trials["status"] == "failed"].itertuples():
             with st.expander(f"trial {trial.id} failed"):
                 st.code((trial.error or "")[-3000:], language=None, wrap_lines=True)

@@ -6,6 +6,7 @@ import time
 
 import streamlit as st
 
+from app_pages import _evaluation as ev
 from app_pages import _shared as sh
 from workbench import names as N
 from workbench import plots
@@ -407,6 +408,10 @@ def live_panel(run_id: str, active: bool) -> None:
                     order.append("by")
                 st.dataframe(table, hide_index=True, key="live_tau_table", column_config=TAU_TABLE_COLUMNS,
                              column_order=order)
+        if run["status"] not in ACTIVE:  # test is evaluated once, when the run has ended
+            st.subheader("Test", divider="gray")
+            if ev.test_numbers(store, run_id, "tr_ev"):
+                st.caption("Confusions per rank and the predictions table: the Runs page, under Evaluate a run.")
 
     panel()
 

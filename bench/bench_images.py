@@ -11,6 +11,10 @@
     the copy to the device and the augmentation, no model: it must be far faster than (1), or the
     model waits for data. One warm-up epoch each, then the best of ``--repeats``, interleaved so that
     machine noise hits all alike. Images/s are training images per second.
+(4) streaming (DATA.STREAM): a tree of ``--stream-n`` PNGs of ``--stream-size`` px written to a temp folder,
+    read as a streamed set; one shuffled epoch of uint8 batches from the DataLoader road
+    (:class:`workbench.streaming.StreamLoader`, decoding in 0 and in ``--stream-workers`` processes) against
+    indexing the same set decoded in memory. No model: the input pipeline alone, as (3).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_models_images import quadrant_images  # noqa: E402  (the same learnable image set as the tests)
 
 from workbench.augment import Augment  # noqa: E402
+from workbench.images import load_image_folder  # noqa: E402
+from workbench.streaming import StreamLoader  # noqa: E402
 from workbench.config import Config  # noqa: E402
 from workbench.models import build_model  # noqa: E402
 from workbench.trainer import Trainer, pick_device  # noqa: E402
@@ -49,9 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stream-n", type=int, default=2000, help="PNGs in the streaming measurement's tree")
+    p.add_argument("--stream-size", type=int, default=64, help="side of those PNGs (and DATA.IMAGE_SIZE)")
+    p.add_argument("--stream-workers", type=int, default=2, help="DATA.NUM_WORKERS measured beside 0")
     args = p.parse_args(argv)
     if args.smoke:
         args.data, args.n, args.size, args.width, args.repeats, args.threads = "synthetic", 512, 16, 4, 1, 1
+        args.stream_n, args.stream_size = 128, 16
     if args.data == "animal_mnist" and importlib.util.find_spec("animal_mnist") is None:
         print("animal_mnist is not installed: using synthetic images")
         args.data = "synthetic"
@@ -91,6 +101,57 @@ def pipeline_epoch(augment, x, y, batch_size, generator, aug_gen, device) -> Non
         last = augment(xb, aug_gen)
     if last is not None and device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def write_png_tree(root: Path, n: int, size: int) -> None:
+    """``n`` random RGB PNGs of ``size`` px in a two-rank tree (4 classes), as a camera-trap export would be."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"g{i % 2}" / f"s{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
+
+
+def stream_benchmark(args, device: torch.device) -> list[tuple[str, float, float]]:
+    """(4): ``(label, best s/epoch, images/s)`` of one shuffled epoch of batches from a PNG tree on disk: the
+    set decoded in memory and indexed, then streamed with 0 and ``--stream-workers`` decoding processes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "tree"
+        write_png_tree(root, args.stream_n, args.stream_size)
+        t0 = time.perf_counter()
+        memory = load_image_folder(root, ["genus", "species"], args.stream_size, cache_dir=False).features
+        decode_s = time.perf_counter() - t0
+        lazy = load_image_folder(root, ["genus", "species"], args.stream_size, stream=True).features
+        gen = torch.Generator().manual_seed(0)
+        pin = device.type == "cuda"
+
+        def in_memory():
+            order = torch.randperm(len(memory), generator=gen)
+            for start in range(0, len(order), args.batch_size):
+                xb = memory[order[start : start + args.batch_size]]
+                xb = (xb.pin_memory() if pin else xb).to(device, non_blocking=True)
+
+        def streamed(loader):
+            order = torch.randperm(len(lazy), generator=gen)
+            for xb in loader(lazy[order[s : s + args.batch_size]] for s in range(0, len(order), args.batch_size)):
+                xb = xb.to(device, non_blocking=True)
+
+        runs = [("in memory: index the decoded tensor", in_memory)]
+        for w in sorted({0, args.stream_workers}):
+            loader = StreamLoader(w, pin_memory=pin)  # persistent workers: started once, as in a run
+            runs.append((f"streamed: decode in {w} worker(s)", lambda loader=loader: streamed(loader)))
+        times = {label: [] for label, _ in runs}
+        for label, fn in runs:  # warm-up (starts the workers)
+            fn()
+        for _ in range(args.repeats):
+            for label, fn in runs:
+                times[label].append(timed(fn, device))
+    rows = [(f"decode once into memory ({args.stream_n} PNGs)", decode_s, args.stream_n / decode_s)]
+    rows += [(label, min(t), args.stream_n / min(t)) for label, t in times.items()]
+    return rows
 
 
 def timed(fn, device: torch.device) -> float:
@@ -162,6 +223,12 @@ def main(argv=None) -> int:
     print(f"input pipeline / bare loop: {pipe_ips / bare_ips:.1f}x faster than training consumes "
           f"({'not the bottleneck' if pipe_ips > 3 * bare_ips else 'CLOSE TO THE BOTTLENECK'})")
     print(f"Trainer.evaluate on val: best {min(evals):.3f} s for {n_val} images ({n_val / min(evals):,.0f} images/s)")
+    rows = stream_benchmark(args, device)
+    print(f"\nstreaming input pipeline (DATA.STREAM): {args.stream_n} RGB PNGs {args.stream_size}x{args.stream_size} "
+          f"on disk, batch {args.batch_size}, one shuffled epoch, no model, best of {args.repeats}")
+    print(f"{'input':<48}{'best s/epoch':>14}{'images/s':>14}")
+    for label, seconds, ips in rows:
+        print(f"{label:<48}{seconds:>14.3f}{ips:>14,.0f}")
     return 0
 
 

@@ -23,10 +23,10 @@
 # 2. **phase 1 → 2 with the birds**: train with null labels left out of the loss (phase 1), then continue
 #    with them brought in on a ramp (phase 2); compare with nulls in the loss from the start.
 #
-# **All numbers are validation numbers.** The workbench has no test split yet (another issue adds
-# `DATA.TEST_FRACTION` and a once-only test evaluation), so the epoch of each run is *selected on val*
-# and its accuracy is *reported on val*: optimistic by the selection, and the same for every `w`,
-# so the comparison between `w` values is fair but the absolute levels are a little high.
+# **Selected on val, reported on test.** Each run's epoch (`TRAIN.SELECT_BY`, default val partial-chain
+# accuracy) and each rank's abstention threshold are chosen on the validation split; the trainer then
+# evaluates the held-out test split once, with the selected epoch's weights (`best.pt`). Every number below
+# is a test number unless it says val.
 
 # %% tags=["parameters"]
 SMOKE = False  # CI: two w values, one seed, one epoch, a small subset
@@ -52,7 +52,8 @@ from workbench.data import load_dataset
 from workbench.launch import phase2_config
 from workbench.store import RunStore
 from workbench.sweep_results import store_tidy, summarize
-from workbench.trainer import Trainer
+from workbench.summaries import test_values
+from workbench.trainer import Trainer, load_checkpoint
 
 SMOKE = SMOKE or os.environ.get("WORKBENCH_SMOKE") == "1"
 RUNS = Path(os.environ.get("WORKBENCH_LAB_RUNS", "_runs")) / "07_images"
@@ -60,27 +61,26 @@ shutil.rmtree(RUNS, ignore_errors=True)
 RUNS.mkdir(parents=True)
 pd.set_option("display.width", 160)
 
-# Sized so that the full run takes under 10 minutes on a 2-core CPU machine shared with other jobs: 120
-# training images per animal (1,200), 100 val images per animal, a narrow ResNet, 4 epochs, 6 values of w x
-# 3 seeds. The issue's w = 0, 0.1, ..., 1 x 5 seeds on every image is a matter of these numbers (None: every
-# image of the split); on an idle 2-core machine an epoch over all 8,000 training images takes ~3-4 s.
+# Every image of the fixed split (None = all of that part), a narrow ResNet, 4 epochs, w in {0, 0.2, ..., 1}
+# x 5 seeds: 30 runs, about 10 minutes on an idle 2-core CPU machine. Smoke mode (CI) keeps a few images.
 if SMOKE:
-    W_GRID, SEEDS, EPOCHS, TRAIN_PER_GROUP, VAL_PER_GROUP = [0.0, 0.5], 1, 1, 20, 10
+    W_GRID, SEEDS, EPOCHS, PER_GROUP = [0.0, 0.5], 1, 1, {"train": 20, "val": 10, "test": 10}
 else:
-    W_GRID, SEEDS, EPOCHS, TRAIN_PER_GROUP, VAL_PER_GROUP = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], 3, 4, 120, 100
+    W_GRID, SEEDS, EPOCHS, PER_GROUP = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], 5, 4, {"train": None, "val": None, "test": None}
 PHASE1_EPOCHS, PHASE2_EPOCHS = (1, 1) if SMOKE else (EPOCHS, EPOCHS)
-PHASE_SEEDS = min(SEEDS, 3)
+PHASE_SEEDS = SEEDS
 MODEL = {"BACKBONE": "resnet", "WIDTH": 8, "DEPTH": 1, "HIDDEN": [], "DROPOUT": 0.0}
 THREADS = 2
-print(f"SMOKE={SMOKE}: {len(W_GRID)} w values x {SEEDS} seeds, {EPOCHS} epochs, "
-      f"{TRAIN_PER_GROUP or 'all'} train / {VAL_PER_GROUP or 'all'} val images per animal")
+print(f"SMOKE={SMOKE}: {len(W_GRID)} w values x {SEEDS} seeds, {EPOCHS} epochs, images per animal: "
+      + ", ".join(f"{n or 'all'} {part}" for part, n in PER_GROUP.items()))
 
 # %% [markdown]
 # ## The data
 #
-# animal_mnist has a fixed split (the last 20 % of each animal by index is val: 8,000 train, 2,000 val).
-# We keep the first `TRAIN_PER_GROUP` training and `VAL_PER_GROUP` validation images of each animal
-# (a subset keeps the fixed split: `HierarchicalDataset.subset` carries it). The birds' row of the summary shows the
+# animal_mnist has a fixed split (per animal, the last 20 % by index is test and the 20 % before it val:
+# 6,000 train, 2,000 val, 2,000 test; `fixed_split` holds codes indexing `names.SPLITS`).
+# The full run uses every image; smoke mode keeps the first few of each part per animal (a subset keeps the
+# fixed split: `HierarchicalDataset.subset` carries it). The birds' row of the summary shows the
 # partial labels: labelled at `class`, null at `order`, `family` and `animal`.
 
 # %%
@@ -89,10 +89,11 @@ full = load_dataset(Config.from_dict({"DATA": DATA}).DATA)
 _, group = torch.unique(full.targets, dim=0, return_inverse=True)  # one group per label path = per animal
 keep = []
 for g in range(int(group.max()) + 1):
-    for is_val, n in ((False, TRAIN_PER_GROUP), (True, VAL_PER_GROUP)):
-        keep.append(torch.nonzero((group == g) & (full.fixed_split == is_val)).flatten()[:n])
+    for part, n in PER_GROUP.items():
+        keep.append(torch.nonzero((group == g) & (full.fixed_split == N.SPLITS.index(part))).flatten()[:n])
 ds = full.subset(torch.sort(torch.cat(keep)).values)
-print(f"{len(ds):,} images of {len(full):,}: {int((~ds.fixed_split).sum())} train, {int(ds.fixed_split.sum())} val")
+sizes = torch.bincount(ds.fixed_split, minlength=len(N.SPLITS)).tolist()
+print(f"{len(ds):,} images of {len(full):,}: " + ", ".join(f"{n} {part}" for n, part in zip(sizes, N.SPLITS)))
 ds.summary_frame()
 
 # %%
@@ -132,16 +133,18 @@ SWEEP_SECONDS = time.perf_counter() - t0
 # %% [markdown]
 # ## Accuracy at every rank vs `w`
 #
-# At each run's epoch selected by validation partial-chain accuracy (`at == "best"`), mean and sd over
-# seeds. `chain` needs every rank right, including a *null* prediction below `Aves` for a bird.
+# Test accuracy at each run's epoch selected by validation partial-chain accuracy (`at == "best"`), mean and
+# sd over seeds; the last column is the val number the epoch was selected by. `chain` needs every rank right,
+# including a *null* prediction below `Aves` for a bird.
 
 # %%
 RANKS = list(ds.taxonomy.ranks)
 summary = summarize(store_tidy(store, "w-sweep"), ["LOSS.W"])
 best = summary[summary["at"] == "best"].drop(columns="at").sort_values("LOSS.W").reset_index(drop=True)
-SERIES = [(N.val_acc(r), r) for r in RANKS] + [(N.VAL_CHAIN_ACC, "chain"), (N.VAL_PARTIAL_CHAIN_ACC, "partial chain")]
-table = pd.DataFrame({"w": best["LOSS.W"], "runs": best["n"]})
-for key, label in SERIES:
+SERIES = ([(N.rank_key("test", N.ACC, r), r) for r in RANKS]
+          + [(N.TEST_CHAIN_ACC, "chain"), (N.TEST_PARTIAL_CHAIN_ACC, "partial chain")])
+table = pd.DataFrame({"w": best["LOSS.W"], "runs": best["n"], "with test": best["n_test"]})
+for key, label in SERIES + [(N.VAL_PARTIAL_CHAIN_ACC, "val partial chain (selects)")]:
     table[label] = [f"{m:.3f} ± {0 if s != s else s:.3f}" for m, s in zip(best[f"{key} mean"], best[f"{key} std"])]
 table
 
@@ -160,9 +163,9 @@ for key, label in SERIES:
                              line={"color": colour, "width": 2, "dash": "dot" if "chain" in label else "solid"},
                              marker={"color": colour, "size": 6}))
 fig.update_layout(template="plotly_white", height=460, width=1000,
-                  title=f"animal_mnist, small ResNet: val accuracy vs w (epoch selected on val; mean ± sd over "
+                  title=f"animal_mnist, small ResNet: test accuracy vs w (epoch selected on val; mean ± sd over "
                         f"{SEEDS} seed(s))", xaxis_title="w (weight of the coarser ranks)",
-                  yaxis_title="val accuracy", yaxis_range=[0, 1.02])
+                  yaxis_title="test accuracy", yaxis_range=[0, 1.02])
 if not SMOKE:  # key figure -> docs/lab_07.png (python lab/run.py 07 --png)
     fig.write_html(RUNS / "lab_07.html", include_plotlyjs=True, config={"displayModeBar": False})
 fig.show()
@@ -174,7 +177,7 @@ fig.show()
 # loss only): a gain smaller than the seed-to-seed sd is no evidence.
 
 # %%
-fine = N.val_acc(RANKS[-1])
+fine = N.rank_key("test", N.ACC, RANKS[-1])
 s = best.set_index("LOSS.W")
 moderate = s.loc[[w for w in s.index if 0 < w < 1]]
 at0 = s.loc[0.0] if 0.0 in s.index else None
@@ -186,8 +189,9 @@ if at0 is not None and len(moderate):
           f"{moderate.loc[w_star, f'{fine} mean']:.3f} (gain {gain:+.3f}; typical seed sd {noise:.3f}); "
           f"mean over 0 < w < 1: {moderate[f'{fine} mean'].mean():.3f}")
     for r in RANKS[:-1]:
-        print(f"{r}: w=0 {at0[f'{N.val_acc(r)} mean']:.3f}, mean over 0 < w < 1 "
-              f"{moderate[f'{N.val_acc(r)} mean'].mean():.3f}, w=1 {s.loc[max(s.index), f'{N.val_acc(r)} mean']:.3f}")
+        acc = N.rank_key("test", N.ACC, r)
+        print(f"{r}: w=0 {at0[f'{acc} mean']:.3f}, mean over 0 < w < 1 "
+              f"{moderate[f'{acc} mean'].mean():.3f}, w=1 {s.loc[max(s.index), f'{acc} mean']:.3f}")
 print(f"sweep: {len(W_GRID) * SEEDS} runs in {SWEEP_SECONDS:.0f} s")
 
 
@@ -202,14 +206,18 @@ print(f"sweep: {len(W_GRID) * SEEDS} runs in {SWEEP_SECONDS:.0f} s")
 #
 # Phase 1 never sees "null" as a target, so it cannot say "a bird, nothing finer": its chain accuracy
 # pays for every bird, while its partial-chain accuracy (which does not score null ranks) does not.
-# We also count, among validation birds, how often the model predicts null at `order` (the right answer).
+# We also count, among test birds, how often the selected model predicts null at `order` (the right answer).
+# Every arm is reported on test at its val-selected epoch.
 
 # %%
 def birds_null_rate(trainer: Trainer) -> float:
-    """Share of the val birds (labelled at class only) predicted null at the second rank (final weights)."""
-    logits, _ = trainer.predict(trainer.val_ds)
+    """Share of the test birds (labelled at class only) predicted null at the second rank, with the weights of
+    the val-selected epoch (the run's best.pt)."""
+    best = load_checkpoint(trainer.ckpt_path.parent / N.BEST_CHECKPOINT_NAME, ("model",))
+    trainer.model.load_state_dict(best["model"])
+    logits, _ = trainer.predict(trainer.test_ds)
     preds = trainer.predict_classes(logits)  # (N, R)
-    y = trainer.val_ds.targets
+    y = trainer.test_ds.targets
     birds = (y[:, 0] != 0) & (y[:, 1] == 0)
     return float((preds[birds, 1] == 0).float().mean()) if birds.any() else float("nan")
 
@@ -233,9 +241,9 @@ for seed in range(PHASE_SEEDS):
                    store=store, dataset=ds, progress=False)
     base.fit()
     for arm, trainer in (("phase 1", p1), ("phase 1 → 2", p2), ("nulls from the start", base)):
-        last = store.metrics_wide([trainer.run_id]).sort_values("epoch").iloc[-1]
+        test = test_values(store.metrics(trainer.run_id)).loc[trainer.run_id]  # at the val-selected epoch
         rows.append({"arm": arm, "seed": seed, "birds predicted null at order": birds_null_rate(trainer),
-                     **{label: float(last[key]) for key, label in SERIES}})
+                     **{label: float(test[key]) for key, label in SERIES}})
 phases = pd.DataFrame(rows)
 phase_table = phases.drop(columns="seed").groupby("arm", sort=False).agg(["mean", "std"]).round(3)
 phase_table

@@ -162,7 +162,7 @@ def test_upload_conflicts_listed_in_the_page_error(store_path):
 def test_data_page_shows_the_split_and_the_data_warnings(store_path):
     """What the CLI prints as `warning:` lines reaches the page too: labels equal up to case, and the split
     the Train page's runs will use (the trainer's own split function, not a second computation)."""
-    from workbench.data import train_val_split
+    from workbench.data import split_dataset
 
     at = app()
     at.segmented_control(key="d_source").set_value("Upload a file").run()
@@ -174,5 +174,5 @@ def test_data_page_shows_the_split_and_the_data_warnings(store_path):
     warning = " ".join(plain(w.value) for w in at.warning)
     assert "'B' / 'b'" in warning or "'b' / 'B'" in warning, warning
     ds = load_table(Path(at.session_state["data_cfg"]["PATH"]), ["order", "family"], None, "x", None, None)
-    train, val = train_val_split(ds, 0.2, 0)
-    assert f"Split: {len(train):,} train / {len(val):,} val" in plain(texts(at))
+    train, val, test = split_dataset(ds, 0.2, 0.2, 0)
+    assert f"Split: {len(train):,} train / {len(val):,} val / {len(test):,} test" in plain(texts(at))

@@ -40,7 +40,7 @@ def test_sweeps_page_shows_trials_chart_and_a_trial(store_path):
     ids = fake_sweep(store)
     at = app("sweeps")
     assert not at.exception
-    listing, table = (d.value for d in at.dataframe)  # all sweeps, then the chosen sweep's trials
+    listing, _, table = (d.value for d in at.dataframe)  # all sweeps, per swept point, the chosen sweep's trials
     assert listing.index.tolist() == ["sweep-test"] and listing["status"].tolist() == ["finished"]
     assert sorted(table.index) == sorted(ids)
     spec = charts(at)["sweep_acc"]

@@ -162,7 +162,7 @@ CONFIG_CASES = [
      lambda c: "`LOSS.RANK_WEIGHTS` must have 2 entries (one per rank: level0, level1), got [0.5, 0.3, 0.2]"),
     ("set-attention-on-flat-features", {"MODEL.BACKBONE": "set_attention"},
      lambda c: "`MODEL.BACKBONE` 'set_attention' needs padded sets, features (N, S, F) with a valid mask; "
-               "the data 'synthetic' has features of shape (240, 4); use 'mlp'"),
+               "the data 'synthetic' has features of shape (180, 4); use 'mlp'"),
     ("init-from-missing", {"TRAIN.INIT_FROM": "no-such-run"},
      lambda c: f"`TRAIN.INIT_FROM` must be a checkpoint file, a run folder or a run id in {c.db}, got 'no-such-run'"),
     # the seeded run trained on 2 x 2 classes; this run's data has 3 classes at level0
@@ -359,7 +359,7 @@ def _good(tmp_path, db):
 # (id, argv given the paths, exit code, expected last stderr line)
 CLI_CASES = [
     ("unknown-subcommand", lambda c: ["fly"],
-     "python -m workbench: error: argument command: invalid choice: 'fly' (choose from 'train', 'resume', 'runs', 'sweep')"),
+     "python -m workbench: error: argument command: invalid choice: 'fly' (choose from 'train', 'resume', 'runs', 'predict', 'export', 'sweep')"),
     ("no-subcommand", lambda c: [], "python -m workbench: error: the following arguments are required: command"),
     ("missing-config", lambda c: ["train"],
      "python -m workbench train: error: the following arguments are required: --config"),
@@ -375,7 +375,7 @@ CLI_CASES = [
      "error: override `LOSS.W.X`: `W` is a value, not a section"),
     ("set-unknown-key", lambda c: ["train", "--config", str(c.cfg), "--set", "TRAIN.EPOCH=3"],
      "error: {cfg}: `TRAIN.EPOCH` is not a known key; allowed keys here: EPOCHS, BATCH_SIZE, LR, WEIGHT_DECAY, "
-     "PHASE1_MASK_NULL_LOSS, INIT_FROM, SEED, DEVICE, NUM_THREADS, AMP"),
+     "PHASE1_MASK_NULL_LOSS, INIT_FROM, SEED, DEVICE, NUM_THREADS, AMP, SELECT_BY, EARLY_STOP_PATIENCE"),
     ("config-not-found", lambda c: ["train", "--config", str(c.tmp / "nowhere.yaml")],
      "error: {tmp}/nowhere.yaml: config file not found"),
     ("config-is-a-folder", lambda c: ["train", "--config", str(c.tmp)], "error: {tmp}: is a folder, not a config file"),

@@ -146,9 +146,9 @@ def test_split_reports_when_it_cannot_honour_the_fraction(tmp_path):
     with pytest.warns(UserWarning, match=r"DATA.VAL_FRACTION=0.2 was asked, but only 8.0% of the samples \(8 of "
                                          r"100\) are in val: 60 sample\(s\) are the only one with their label path"):
         train, val = train_val_split(ds, 0.2, seed=0)
-    assert val.split == train.split == {"asked_val_fraction": 0.2, "val_fraction": 0.08, "train": 92, "val": 8,
-                                        "lone_samples": 60}
-    assert len(val.warnings) == 1 and "8.0%" in val.warnings[0] and "split: 92 train / 8 val" in val.describe()
+    assert val.split == train.split == {"asked_val_fraction": 0.2, "asked_test_fraction": 0.0, "val_fraction": 0.08,
+                                        "test_fraction": 0.0, "train": 92, "val": 8, "test": 0, "lone_samples": 60}
+    assert len(val.warnings) == 1 and "8.0%" in val.warnings[0] and "split: 92 train / 8 val / 0 test" in val.describe()
 
 
 # ---------------------------------------------------------------------- resume on changed data

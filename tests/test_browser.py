@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium: start a run from the Train page and watch its chart grow.
 
 Starts ``streamlit run app.py`` on a free port with a tmp run store, drives it with Playwright, and
-saves the screenshots ``train_live.png``, ``runs.png`` and ``data_images.png`` (to ``$WORKBENCH_SCREENSHOTS``, e.g. ``docs/``). Waits for chart SVGs and for
+saves the screenshots ``train_live.png``, ``runs.png``, ``runs_evaluation.png`` and ``data_images.png`` (to ``$WORKBENCH_SCREENSHOTS``, e.g. ``docs/``). Waits for chart SVGs and for
 plotly's data in the DOM, never for "page load".
 """
 
@@ -357,5 +357,60 @@ def test_thumbnail_grid_per_class_in_a_real_browser(server, tmp_path):
             page.get_by_role("option", name="class", exact=True).click()
             page.wait_for_function(f"() => (({THUMBNAILS_JS})() || {{ticks: []}}).ticks.includes('Aves (1,000)')")
             assert page.evaluate(THUMBNAILS_JS)["ticks"] == ["Mammalia (9,000)", "Aves (1,000)"]
+        finally:
+            browser.close()
+
+
+EVAL_HEATMAP_JS = """() => {
+  const g = document.querySelector('.st-key-ru_ev_heatmap .js-plotly-plot');
+  if (!g || !g.querySelector('svg.main-svg') || !g._fullData) return null;
+  const t = g._fullData[0];
+  return {type: t.type, x: [...t.x]};
+}"""
+
+
+def test_runs_page_shows_confusions_and_predictions_of_a_trained_run(server, tmp_path):
+    """The Runs page's evaluation of a real trained run (Trainer, 2 epochs): the test table, the confusion
+    heatmap drawn by plotly, and the predictions table (a real data grid), then the same for another rank."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    from workbench.plots import NULL_LABEL
+    from workbench.trainer import Trainer
+
+    url, store_path = server
+    cfg = Config().with_overrides({
+        "DATA.SYNTHETIC.N": 300, "MODEL.HIDDEN": [16], "TRAIN.EPOCHS": 2, "TRAIN.BATCH_SIZE": 64,
+        "TRAIN.NUM_THREADS": 1, "TRACKING.STORE": str(store_path), "TRACKING.RUN_NAME": "evaluated"})
+    trainer = Trainer(cfg, store=RunStore(store_path), progress=False)
+    assert trainer.fit() == "finished"
+    ranks = list(trainer.taxonomy.ranks)
+    shots_dir = Path(os.environ.get(SHOTS_ENV) or tmp_path)
+    shots_dir.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 2400})
+            page.set_default_timeout(90_000)
+            page.goto(f"{url}/runs")
+            page.wait_for_function(f"() => ({EVAL_HEATMAP_JS})() !== null")
+            heat = page.evaluate(EVAL_HEATMAP_JS)
+            finest = [NULL_LABEL, *trainer.taxonomy.vocab[-1][1:]]
+            assert heat["type"] == "heatmap" and heat["x"] == finest, heat
+            # the test numbers and the predictions table: real data grids with their rows
+            for key in ("ru_ev_test_table", "ru_ev_confusions", "ru_ev_predictions"):
+                page.wait_for_selector(f".st-key-{key} [data-testid='stDataFrame'] canvas")
+            body = page.inner_text("body")
+            assert "Selected epoch" in body and "samples of the test split" in body, body[-3000:]
+            assert "Weights: best.pt" in body
+            page.locator(".st-key-ru_ev_heatmap").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots_dir / "runs_evaluation.png"))
+            # another rank: the heatmap follows
+            page.locator(".st-key-ru_ev_rank").click()
+            page.get_by_role("option", name=ranks[0], exact=True).click()
+            coarse = [NULL_LABEL, *trainer.taxonomy.vocab[0][1:]]
+            want = json.dumps(coarse, separators=(",", ":"))
+            page.wait_for_function(f"() => JSON.stringify((({EVAL_HEATMAP_JS})() || {{x: []}}).x) === '{want}'")
         finally:
             browser.close()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from test_bad_input import assert_error_line, db, seeded_dir, store_unchanged, train, write_config  # noqa: F401
 from workbench.config import Config
-from workbench.data import DataError, load_dataset, train_val_split
+from workbench.data import DataError, DataWarning, load_dataset, split_dataset, train_val_split
 from workbench.images import decode_images, load_animal_mnist, load_image_folder, load_image_manifest
 
 RANKS = ["class", "order", "family", "animal"]
@@ -317,13 +317,21 @@ def test_animal_mnist_loads_offline_with_its_taxonomy_partial_labels_and_fixed_s
     paths = {tuple(r) for r in labels.loc[~birds].itertuples(index=False)}
     assert paths == {(*v, k) for k, v in EXPECTED_TAXONOMY.items()}
     assert labels["animal"].value_counts().to_dict() == {k: 1000 for k in EXPECTED_TAXONOMY}
-    # fixed split: per animal the last 200 by index, for any seed or asked fraction
-    train_a, val_a = train_val_split(ds, 0.2, seed=0)
-    train_b, val_b = train_val_split(ds, 0.5, seed=7)
-    assert val_a.image_paths == val_b.image_paths and len(val_a) == 2000 and len(train_a) == 8000
-    assert val_a.image_paths[:2] == ["animal_mnist#800", "animal_mnist#801"]
-    assert val_a.taxonomy.decode(val_a.targets)["class"].value_counts().to_dict() == {"Mammalia": 1800, "Aves": 200}
-    assert "fixed by the data's source" in val_a.describe()
+    # fixed split: per animal the last 200 by index are test and the 200 before them val, for any seed or fraction
+    train_a, val_a, test_a = split_dataset(ds, 0.2, 0.2, seed=0)
+    with pytest.warns(DataWarning, match=r"fixed split \(6000 train / 2000 val / 2000 test.*instead of the asked "
+                                         r"DATA.VAL_FRACTION=0.5, DATA.TEST_FRACTION=0.1"):
+        train_b, val_b, test_b = split_dataset(ds, 0.5, 0.1, seed=7)
+    assert val_a.image_paths == val_b.image_paths and test_a.image_paths == test_b.image_paths
+    assert (len(train_a), len(val_a), len(test_a)) == (6000, 2000, 2000)
+    assert val_a.image_paths[:2] == ["animal_mnist#600", "animal_mnist#601"]
+    assert test_a.image_paths[:2] == ["animal_mnist#800", "animal_mnist#801"]
+    for part in (val_a, test_a):
+        assert part.taxonomy.decode(part.targets)["class"].value_counts().to_dict() == {"Mammalia": 1800, "Aves": 200}
+    assert "fixed by the data's source" in val_a.describe() and "6000 train / 2000 val / 2000 test" in val_a.describe()
+    # the old two-way split still works: the same train and val, test rows in neither
+    train_c, val_c = train_val_split(ds, 0.2, seed=3)
+    assert val_c.image_paths == val_a.image_paths and train_c.image_paths == train_a.image_paths
     # the wheel's integer labels: label 0 is bear, 1 bird (checked by eye on rendered samples)
     assert labels["animal"].iloc[0] == "bear" and labels["class"].iloc[1000] == "Aves"
     assert labels["animal"].iloc[9999] == "zebra"

@@ -83,7 +83,7 @@ def test_a_non_finite_loss_fails_the_run_with_the_reason(tmp_path, capsys):
     assert rc == 1
     lines = err.splitlines()
     assert len(lines) == 1 and "Traceback" not in err
-    pattern = (r"error: run num failed: non-finite loss at epoch 1 \(batch 1 of 4\): loss (nan|inf) \(family \S+, "
+    pattern = (r"error: run num failed: non-finite loss at epoch 1 \(batch 1 of 3\): loss (nan|inf) \(family \S+, "
                r"genus \S+\); the weights after it are not meaningful\. Look for huge feature or sample-weight values, "
                r"or lower TRAIN\.LR")
     assert re.fullmatch(pattern, lines[0]), lines[0]
@@ -110,7 +110,7 @@ def genus_only_on_weightless_rows(n: int = 40) -> str:
 
 
 @pytest.mark.parametrize("text, message", [
-    (table(w=lambda i: 0), "every training sample weight is 0 (32 samples)"),
+    (table(w=lambda i: 0), "every training sample weight is 0 (24 samples)"),
     (genus_only_on_weightless_rows(), "every labelled training sample has sample weight 0 at rank(s) ['genus']"),
 ], ids=["all-samples", "one-rank"])
 def test_zero_total_weight_fires_and_the_cli_prints_it(tmp_path, capsys, text, message):

@@ -38,11 +38,12 @@ def tiny(tmp_path, **overrides) -> Config:
 
 
 def key_counts(store: RunStore, run_id: str) -> pd.DataFrame:
-    """Per metric key: number of rows and of distinct epochs, from SQL."""
+    """Per per-epoch metric key: number of rows and of distinct epochs, from SQL (test rows are written once,
+    at the selected epoch: tests/test_selection.py checks them)."""
     with sqlite3.connect(store.path) as con:
         return pd.read_sql_query(
             "SELECT key, COUNT(*) AS n, COUNT(DISTINCT epoch) AS epochs, MIN(epoch) AS lo, MAX(epoch) AS hi "
-            "FROM metrics WHERE run_id = ? GROUP BY key", con, params=(run_id,))
+            "FROM metrics WHERE run_id = ? AND split != 'test' GROUP BY key", con, params=(run_id,))
 
 
 def assert_every_epoch_once(store: RunStore, run_id: str, epochs: int) -> None:
@@ -263,7 +264,8 @@ def test_failing_sink_fails_the_run_with_its_name(tmp_path):
 # ---------------------------------------------------------------------- (h) heads and backbones
 def finite_metrics(store, rid) -> pd.DataFrame:
     wide = store.metrics_wide([rid])
-    core = wide[[c for c in wide.columns if c.startswith(("core/", "val/loss/", "train/loss/", "val/acc/"))]]
+    core = wide[[c for c in wide.columns if c.startswith(("core/", "val/loss/", "train/loss/", "val/acc/"))
+                 and not c.startswith("core/test_")]]  # test rows exist at the selected epoch only
     assert core.notna().all().all() and (core.abs() < float("inf")).all().all(), core
     return wide
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from workbench.streaming import STATS_SAMPLE, STATS_SEED, LazyImages
+
 # torchvision's RandomResizedCrop default aspect-ratio range: crops are never stretched further
 CROP_RATIO = (3 / 4, 4 / 3)
 STATS_CHUNK = 4096  # images per chunk when computing channel statistics (bounded float32 memory)
@@ -27,10 +29,21 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
-def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_stats(images: torch.Tensor | LazyImages) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and standard deviation ``(C,), (C,)`` of ``uint8 (N, C, H, W)`` images in [0, 1]
     units, in float64 over chunks (one pass; no float copy of the whole set). A constant channel gets
-    std 1, so normalising never divides by zero."""
+    std 1, so normalising never divides by zero.
+
+    A streamed set (:class:`~workbench.streaming.LazyImages`) is not decoded whole: the statistics come from a
+    fixed seeded sample of at most :data:`~workbench.streaming.STATS_SAMPLE` of its images (all of them, in
+    order, when it has no more: then exactly the in-memory numbers), and its ``feature_notes`` say so."""
+    if isinstance(images, LazyImages):
+        n = len(images)
+        if n > STATS_SAMPLE:  # sorted: files read in folder order, kinder to a disk than a random walk
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(STATS_SEED))[:STATS_SAMPLE].sort().values
+        else:
+            pick = torch.arange(n)
+        images = images.decode(pick)
     c = images.shape[1]
     total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
     for start in range(0, images.shape[0], STATS_CHUNK):

@@ -34,7 +34,7 @@ _STATED = "value_stated"
 
 
 from workbench.errors import ConfigError  # noqa: E402,F401 (defined once in errors.py; re-exported here)
-from workbench.names import DEFAULT_STORE  # noqa: E402
+from workbench.names import DEFAULT_STORE, SELECT_BY_DEFAULT, is_val_key  # noqa: E402
 
 
 def _bound(x: float) -> str:
@@ -92,6 +92,13 @@ def _not_empty(v: Any) -> Any:
 def _positive_sum(v: list[float] | None) -> list[float] | None:
     if v is not None and not sum(v) > 0:
         raise ValueError("must have a positive sum")
+    return v
+
+
+def _val_metric(v: str) -> str:
+    """Selection uses val only (DESIGN.md 3.5): a train or test metric there would select on the wrong split."""
+    if not is_val_key(v):
+        raise ValueError(f"must be a validation metric key (core/val_... or val/..., e.g. {SELECT_BY_DEFAULT!r})")
     return v
 
 
@@ -156,6 +163,15 @@ class SyntheticConfig(_Section):
 
 DATA_SOURCES = ("ratdat", "olive", "synthetic", "file", "images", "animal_mnist")
 MIN_IMAGE_SIZE = 8  # DATA.IMAGE_SIZE: a conv backbone's stride-2 stages need a few pixels left
+STREAM_ABOVE_MB_DEFAULT = 2048.0  # DATA.STREAM auto: stream an image set whose decoded pixels would exceed this
+NUM_WORKERS_DEFAULT = 2  # DATA.NUM_WORKERS: processes decoding a streamed image set
+
+
+def _stream_mode(v: Any) -> Any:
+    """DATA.STREAM is auto, true or false: one rule for all three (a union would report each member)."""
+    if v == "auto" or isinstance(v, bool):
+        return v
+    raise ValueError("must be auto, true or false")
 
 
 class DataConfig(_Section):
@@ -167,6 +183,8 @@ class DataConfig(_Section):
     SAMPLE_WEIGHT: str | None = None
     NULL_VALUES: list[str] | dict[str, list[str]] | None = None
     VAL_FRACTION: Annotated[Float, _in_range(0.01, 0.99)] = 0.2
+    TEST_FRACTION: Annotated[Float, _in_range(0.0, 0.98)] = 0.2  # 0 = no test split (DESIGN.md 3.5)
+    SPLIT_COLUMN: Text | None = None  # NAME file / images (a manifest): a column of train/val/test, the split to use
     SEED: Seed = 0
     SYNTHETIC: SyntheticConfig = Field(default_factory=SyntheticConfig)
     # images (NAME: images | animal_mnist; DESIGN.md section 3.8)
@@ -175,6 +193,10 @@ class DataConfig(_Section):
     IMAGE_SIZE: Annotated[Int, _at_least(MIN_IMAGE_SIZE)] | None = None  # square side; None: 28 for animal_mnist, else 64
     SKIP_BAD_IMAGES: Bool = False  # skip (and list) undecodable images instead of stopping at the first
     CACHE_DIR: Text | None = None  # decoded-image cache; None: $WORKBENCH_CACHE or ~/.cache/workbench/images
+    # streamed image sets (workbench/streaming.py): decoded batch by batch from disk in DataLoader workers
+    STREAM: Annotated[Literal["auto"] | bool, BeforeValidator(_stream_mode)] = "auto"  # auto: when above STREAM_ABOVE_MB
+    NUM_WORKERS: Annotated[Int, _at_least(0)] = NUM_WORKERS_DEFAULT  # decoding processes; 0 = in the training process
+    STREAM_ABOVE_MB: Annotated[Float, _at_least(0.0)] = STREAM_ABOVE_MB_DEFAULT  # auto streams above N x C x H x W bytes
 
     @model_validator(mode="after")
     def _known_source(self):
@@ -182,6 +204,15 @@ class DataConfig(_Section):
             raise ValueError(f"NAME must be one of {', '.join(DATA_SOURCES)}; got {self.NAME!r}")
         if self.NAME in ("file", "images") and not self.PATH:
             raise ValueError(f"PATH is required when NAME is {self.NAME!r}")
+        if self.STREAM is True and self.NAME != "images":
+            raise ValueError(f"STREAM is true, but only image files stream (NAME 'images': a folder tree or a manifest); "
+                             f"NAME {self.NAME!r} is read into memory whole: use auto or false")
+        if self.VAL_FRACTION + self.TEST_FRACTION >= 1:
+            raise ValueError(f"TEST_FRACTION plus VAL_FRACTION must be < 1 (something must be left to train on), "
+                             f"got {self.TEST_FRACTION:g} + {self.VAL_FRACTION:g}")
+        if self.SPLIT_COLUMN is not None and self.NAME not in ("file", "images"):
+            raise ValueError(f"SPLIT_COLUMN applies only when NAME is 'file' or 'images' (a manifest), got "
+                             f"{self.SPLIT_COLUMN!r} with NAME {self.NAME!r} (built-in data has its own split)")
         return self
 
 
@@ -224,6 +255,9 @@ class TrainConfig(_Section):
     DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
     NUM_THREADS: Annotated[Int, _in_range(0, MAX_THREADS)] = 0  # 0 = leave torch's default
     AMP: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on the CPU
+    # the selected epoch (best.pt, test) is where this val metric is best, in its direction (DESIGN.md 3.5)
+    SELECT_BY: Annotated[Text, AfterValidator(_val_metric)] = SELECT_BY_DEFAULT
+    EARLY_STOP_PATIENCE: Annotated[Int, _at_least(0)] = 0  # stop after this many epochs without improvement; 0 = off
 
 
 class NullMaskingConfig(_Section):
@@ -291,6 +325,20 @@ class Config(_Section):
             return cls.model_validate(data)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, source)) from None
+
+    @classmethod
+    def from_run(cls, data: dict[str, Any], source: str = "config") -> Config:
+        """The config a run was recorded with (``runs.config``, a checkpoint's or a bundle's ``config``).
+
+        A run recorded before the test split existed has no ``DATA.TEST_FRACTION`` in its config: it trained
+        on train + (what is now) test, so it gets ``TEST_FRACTION: 0``, not today's default; resume, phase 2
+        and predict then remake the very split it trained and validated on.
+        """
+        data = dict(data or {})
+        section = data.get("DATA")
+        if isinstance(section, dict) and "TEST_FRACTION" not in section:
+            data["DATA"] = {**section, "TEST_FRACTION": 0.0}
+        return cls.from_dict(data, source)
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> Config:

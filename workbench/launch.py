@@ -130,7 +130,7 @@ def _reap(proc: subprocess.Popen) -> None:
 def phase2_config(parent: Mapping, overrides: Mapping | None = None) -> Config:
     """The config of a phase-2 run: the parent's config, ``TRAIN.INIT_FROM`` = the parent's id,
     ``TRAIN.PHASE1_MASK_NULL_LOSS`` off, then ``overrides`` (dotted keys, e.g. the null-masking ramp)."""
-    cfg = Config.from_dict(parent["config"], source=f"run {parent['id']}")
+    cfg = Config.from_run(parent["config"], source=f"run {parent['id']}")
     base = {"TRAIN.INIT_FROM": parent["id"], "TRAIN.PHASE1_MASK_NULL_LOSS": False, "TRACKING.RUN_NAME": None}
     return cfg.with_overrides({**base, **dict(overrides or {})})
 

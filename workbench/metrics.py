@@ -1,4 +1,4 @@
-"""Hierarchical metrics as pure tensor functions (DESIGN.md 3.4), plus a count accumulator.
+"""Hierarchical metrics as pure tensor functions (DESIGN.md 3.4 and 3.6), plus a count accumulator.
 
 Inputs: predictions and targets ``LongTensor (N, R)``, 0 = null. Every function is a pure function
 of its inputs; :class:`HierarchicalAccuracy` only sums the *counts* these functions return, so an
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from workbench import names as N
 from workbench.taxonomy import Taxonomy
 
 if TYPE_CHECKING:  # pandas only inside curves_frame: the pure core does not import it
@@ -297,3 +298,160 @@ class HierarchicalAccuracy:
             "chain_acc": _ratio(self.chain_correct, self.chain_total),
             "partial_chain_acc": _ratio(self.partial_correct, self.partial_total),
         }
+
+
+# ---------------------------------------------------------------------- more metrics (DESIGN.md 3.6)
+# Same conventions: probs ``(N, K_r + 1)`` per rank (column 0 = null), targets ``(N, R)`` with 0 = null.
+# Top-k, hdist@k, hP/hR/hF and null accuracy are pure *count* functions, so sums over batches (or
+# processes) give exactly the whole-set value; ECE and AUROC are whole-set (torchmetrics).
+def real_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """``LongTensor (N, min(k, K))``: the ``k`` most probable *real* classes (ids ``1..K``), most probable first."""
+    k = min(k, probs.shape[1] - 1)
+    return probs[:, 1:].topk(k, dim=1).indices + 1
+
+
+def top_k_counts(probs: torch.Tensor, target: torch.Tensor, k: int):
+    """``(correct, total)`` of top-k accuracy at one rank: over samples labelled there (``target != 0``),
+    those whose target is among the ``k`` most probable real classes. ``probs (N, K + 1)``, ``target (N,)``."""
+    labelled = target != 0  # (N,)
+    hit = (real_top_k(probs, k) == target[:, None]).any(dim=1) & labelled  # (N,)
+    return hit.sum(), labelled.sum()
+
+
+def top_k_accuracy(probs: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """Scalar float64 top-k accuracy at one rank over labelled samples; NaN if none."""
+    return _ratio(*top_k_counts(probs, target, k))
+
+
+def null_counts(preds: torch.Tensor, targets: torch.Tensor):
+    """``(correct (R,), total (R,))`` over null-target samples: how many got a null prediction."""
+    null = targets == 0  # (N, R)
+    return ((preds == 0) & null).sum(dim=0), null.sum(dim=0)
+
+
+def null_accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(R,)`` float64 accuracy on null targets per rank (the non-null one is :func:`rank_accuracy`); NaN if none."""
+    return _ratio(*null_counts(preds, targets))
+
+
+def hierarchical_counts(preds: torch.Tensor, targets: torch.Tensor):
+    """``(intersection, predicted, true)`` summed over samples: ``|A ∩ B|``, ``|A|``, ``|B|`` with the node
+    sets ``A = {(r, P[r]) : P[r] != 0}``, ``B = {(r, Y[r]) : Y[r] != 0}`` of each sample."""
+    true = targets != 0  # (N, R)
+    return ((preds == targets) & true).sum(), (preds != 0).sum(), true.sum()
+
+
+def hierarchical_prf(preds: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Micro hierarchical precision, recall and F1 (Kiritchenko et al., as in HiClass): ``{"hP", "hR", "hF"}``.
+
+    ``hF = 2 |A ∩ B| / (|A| + |B|)``, equal to ``2 hP hR / (hP + hR)`` where that is defined and 0 when
+    nothing predicted is right; NaN only with no node on either side.
+    """
+    inter, predicted, true = hierarchical_counts(preds, targets)
+    return {N.HP: _ratio(inter, predicted), N.HR: _ratio(inter, true), N.HF: _ratio(2 * inter, predicted + true)}
+
+
+def hdist_counts(probs: Sequence[torch.Tensor], targets: torch.Tensor, taxonomy: Taxonomy, k: int):
+    """Integer counts of hdist@k, per rank ``k0`` where samples have their finest labelled rank:
+    ``(height_sum (R,), samples (R,), used_k (R,))``.
+
+    For each such sample, the LCA heights (:meth:`Taxonomy.lca_height`) between its true class at ``k0``
+    and each of the ``used_k = min(k, K_k0)`` most probable real classes at ``k0`` are summed. Integers,
+    so batch sums are exact; :func:`hdist_from_counts` turns them into the mean over labelled samples.
+    """
+    finest = finest_labelled_rank(targets)  # (N,)
+    height_sum, samples, used_k = [], [], []
+    for r, p in enumerate(probs):
+        rows = finest == r
+        top = real_top_k(p[rows], k).cpu()  # (M, k'); the taxonomy's maps live on the CPU
+        truth = targets[rows, r].cpu()  # (M,)
+        kk = top.shape[1]
+        h = taxonomy.lca_height(r, top.reshape(-1), truth.repeat_interleave(kk)) if kk else truth.new_zeros(0)
+        height_sum.append(h.sum())
+        samples.append(torch.tensor(truth.numel()))
+        used_k.append(torch.tensor(kk))
+    return torch.stack(height_sum), torch.stack(samples), torch.stack(used_k)
+
+
+def hdist_from_counts(height_sum: torch.Tensor, samples: torch.Tensor, used_k: torch.Tensor) -> torch.Tensor:
+    """Scalar float64 hdist@k from :func:`hdist_counts`: ``height_sum`` and ``samples`` summed over batches,
+    ``used_k`` (a property of each rank, not a count) as any batch gave it; NaN with no labelled sample."""
+    per_sample = torch.where(used_k > 0, height_sum.double() / used_k.clamp_min(1).double(), 0.0)  # (R,)
+    return _ratio(per_sample.sum(), samples.sum())
+
+
+def hdist_at_k(probs: Sequence[torch.Tensor], targets: torch.Tensor, taxonomy: Taxonomy, k: int) -> torch.Tensor:
+    """hdist@k (DESIGN.md 3.6, Making Better Mistakes): mean over labelled samples of the mean LCA height
+    between the true class at the finest labelled rank and the ``k`` most probable real classes there.
+
+    With ``k = 1`` this scores the most probable *real* class; the stored ``<split>/hdist@1`` scores the
+    model's prediction (argmax including null, :func:`mistake_severity`), which differs only where the
+    prediction at the finest labelled rank is null.
+    """
+    return hdist_from_counts(*hdist_counts(probs, targets, taxonomy, k))
+
+
+def auroc(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Macro one-vs-rest AUROC of one rank (torchmetrics) over samples labelled there, averaged over the
+    real classes present among them; NaN with fewer than two present. ``probs (N, K + 1)``, ``target (N,)``.
+
+    Only the present classes' columns are scored (class ``c``: score ``probs[:, c]``, positive ``target == c``),
+    so an absent class neither costs a sort nor enters the mean.
+    """
+    from torchmetrics.functional.classification import multiclass_auroc
+
+    labelled = target != 0
+    present = torch.unique(target[labelled])  # (C,) sorted class ids
+    if present.numel() < 2:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    scores = probs[labelled][:, present].float()  # (M, C)
+    if not torch.isfinite(scores).all():  # a diverged model: torchmetrics would still return a number
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    local = torch.searchsorted(present, target[labelled])  # (M,) index of each target in `present`
+    per_class = multiclass_auroc(scores, local, num_classes=present.numel(), average="none", validate_args=False)
+    return per_class.double().mean()
+
+
+def extended_metrics(
+    probs: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    taxonomy: Taxonomy,
+    ranks: Sequence[str],
+    split: str,
+    multilabel_ranks: Sequence[int] = (),
+    preds: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """The DESIGN.md 3.6 metrics of one split as ``{key: float}`` (keys from :mod:`workbench.names`).
+
+    ``probs``: ``R`` tensors ``(N, K_r + 1)``, softmax including the null column (sigmoid for the
+    ``multilabel_ranks``, which get no top-k, ECE or AUROC); ``targets (N, R)``; ``preds (N, R)``: the
+    model's predictions (default: argmax over all outputs, the most probable real class on multi-label
+    ranks, as :meth:`Trainer.predict_classes`). Keys: per rank ``top1`` (and ``top5`` where the rank
+    has >= 5 real classes), ``ece``, ``auroc``, ``acc_null``; for the split ``hdist@1`` (of ``preds``,
+    the same value as :func:`mistake_severity`), ``hdist@5``, ``hP``, ``hR``, ``hF``.
+    """
+    multilabel = set(multilabel_ranks)
+    probs = [p.float() for p in probs]  # bf16 outputs (AMP) through torchmetrics and topk in float32
+    if preds is None:
+        preds = torch.stack([p[:, 1:].argmax(dim=1) + 1 if r in multilabel else p.argmax(dim=1)
+                             for r, p in enumerate(probs)], dim=1)  # (N, R)
+    out: dict[str, float] = {}
+    acc_null = null_accuracy(preds, targets)
+    for r, (rank, p) in enumerate(zip(ranks, probs)):
+        if r not in multilabel:
+            for k in N.TOP_K:
+                if k == 1 or p.shape[1] - 1 >= k:
+                    out[N.rank_key(split, N.top_k(k), rank)] = float(top_k_accuracy(p, targets[:, r], k))
+            # non-finite outputs (a diverged model) have no calibration; torchmetrics would report 0.0
+            finite = bool(torch.isfinite(p).all())
+            out[N.rank_key(split, N.ECE, rank)] = float(calibration_error(p, targets[:, r])) if finite else math.nan
+            out[N.rank_key(split, N.AUROC, rank)] = float(auroc(p, targets[:, r])) if finite else math.nan
+        out[N.rank_key(split, N.ACC_NULL, rank)] = float(acc_null[r])
+    for k in N.HDIST_K:
+        if k == 1:  # the model's prediction, as the stored hdist@1 has always been (see hdist_at_k)
+            value = mistake_severity(preds.cpu(), targets.cpu(), taxonomy)["hdist@1"]
+        else:
+            value = hdist_at_k(probs, targets, taxonomy, k)
+        out[N.split_key(split, N.hdist(k))] = float(value)
+    out.update({N.split_key(split, name): float(v) for name, v in hierarchical_prf(preds, targets).items()})
+    return out

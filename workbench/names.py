@@ -36,6 +36,8 @@ TRAIN_CHAIN_ACC = core_key("train", "chain_acc")
 VAL_CHAIN_ACC = core_key("val", "chain_acc")
 TRAIN_PARTIAL_CHAIN_ACC = core_key("train", "partial_chain_acc")
 VAL_PARTIAL_CHAIN_ACC = core_key("val", "partial_chain_acc")
+TEST_CHAIN_ACC = core_key("test", "chain_acc")  # test: evaluated once, at the epoch selected on val (DESIGN.md 3.5)
+TEST_PARTIAL_CHAIN_ACC = core_key("test", "partial_chain_acc")
 VAL_CONSISTENCY = split_key("val", "consistency")
 VAL_SEVERITY = split_key("val", "severity")
 VAL_HDIST = split_key("val", "hdist@1")
@@ -46,6 +48,22 @@ HEALTH_PREFIX = "health/"
 
 # per-rank kinds: <split>/<kind>/<rank>
 ACC, LOSS, BEST_TAU, KEPT = "acc", "loss", "best_tau", "kept"
+# more per-rank kinds (DESIGN.md 3.6): calibration error, one-vs-rest AUROC, accuracy on null targets
+ECE, AUROC, ACC_NULL = "ece", "auroc", "acc_null"
+# whole-split kinds: <split>/<kind>; hierarchical precision / recall / F1 (micro, Kiritchenko / HiClass)
+HP, HR, HF = "hP", "hR", "hF"
+TOP_K = (1, 5)  # top-k accuracy per rank; k > 1 only at ranks with at least k real classes
+HDIST_K = (1, 5)  # hdist@k (Making Better Mistakes) over the whole split
+
+
+def top_k(k: int) -> str:
+    """The per-rank kind of top-k accuracy: ``top_k(5) == "top5"`` (key ``<split>/top5/<rank>``)."""
+    return f"top{k}"
+
+
+def hdist(k: int) -> str:
+    """The whole-split kind of hdist@k: ``hdist(5) == "hdist@5"`` (key ``<split>/hdist@5``)."""
+    return f"hdist@{k}"
 
 
 def val_acc(rank: str) -> str:
@@ -72,6 +90,13 @@ def ranks_of(keys) -> list[str]:
 
 # The run's selected epoch is where this metric is best (DESIGN.md 3.5: TRAIN.SELECT_BY, selection on val only)
 SELECT_BY_DEFAULT = VAL_PARTIAL_CHAIN_ACC
+# test at the val-chosen threshold (DESIGN.md 3.5): test/<kind>/<rank>; the threshold itself, then what it gives on test
+TAU, COVERAGE_AT_TAU, SELECTIVE_ACCURACY_AT_TAU = "tau", "coverage_at_tau", "selective_accuracy_at_tau"
+
+
+def is_val_key(key: str) -> bool:
+    """A validation metric (``core/val_...`` or ``val/...``): what ``TRAIN.SELECT_BY`` may name."""
+    return str(key).startswith((core_key("val", ""), "val/"))
 
 # Direction of each metric: "max" = larger is better. Losses, mistake severity / hdist, calibration
 # error, the null false-positive rate and time are "min"; everything else (accuracies, coverage, F1,
@@ -94,6 +119,11 @@ def direction(key: str) -> str:
     return "min" if words & _MIN_WORDS or any(p in name for p in _MIN_PHRASES) else "max"
 
 
+# Config keys that change how fast a run goes or where its files live, never its results: two runs that
+# differ only in these are the same experiment (sweep reuse checks, "what varies" in comparisons).
+RESULT_NEUTRAL_KEYS = ("TRAIN.NUM_THREADS", "TRAIN.DEVICE", "DATA.STREAM", "DATA.NUM_WORKERS", "DATA.STREAM_ABOVE_MB",
+                       "DATA.CACHE_DIR")
+
 # ---------------------------------------------------------------------- statuses
 STATUSES = ("queued", "running", "finished", "failed", "stopped")  # a run's status, in the store
 ACTIVE = ("queued", "running")  # a run that holds (or will hold) a trainer
@@ -110,6 +140,7 @@ WANDB_DEFAULT_DIR = None  # TRACKING.WANDB.DIR unset = the store's folder (see w
 # ---------------------------------------------------------------------- the folder beside a run store
 CHECKPOINTS_DIR = "checkpoints"  # <store dir>/checkpoints/<run id>/{checkpoint.pt, lock}
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_CHECKPOINT_NAME = "best.pt"  # beside the checkpoint: the weights of the epoch selected on val (TRAIN.SELECT_BY)
 LOCK_NAME = "lock"
 CONFIGS_DIR = "configs"  # <store dir>/configs/<run id>.yaml: the config a launcher wrote
 LOGS_DIR = "logs"  # <store dir>/logs/<run id>.log: a launched run's stdout + stderr

@@ -314,7 +314,7 @@ def overlay(
 # ---------------------------------------------------------------------- run tables
 # config sections worth comparing runs on, and keys never worth it (paths, devices, the parent's id)
 CONFIG_SECTIONS = ("DATA", "MODEL", "LOSS", "TRAIN", "SCHEDULE", "AUG")
-SKIP_PREFIXES = ("TRACKING.", "DATA.PATH", "DATA.ROOT", "DATA.CACHE_DIR", "TRAIN.INIT_FROM", "TRAIN.DEVICE", "TRAIN.NUM_THREADS")
+SKIP_PREFIXES = ("TRACKING.", "DATA.PATH", "DATA.ROOT", "TRAIN.INIT_FROM", *N.RESULT_NEUTRAL_KEYS)
 
 
 def _comparable(values: pd.Series) -> pd.Series:
@@ -627,3 +627,241 @@ def thumbnail_grid(dataset, rank: str, per_class: int = THUMBS_PER_CLASS, max_cl
                      ticktext=labels, showgrid=False, zeroline=False, ticks="")
     return fig
 
+
+# ---------------------------------------------------------------------- evaluation of one run (val vs test, confusions)
+NULL_LABEL = "(null)"  # how a null class (class 0) is named in the evaluation tables and the confusion matrix
+MAX_CONFUSION_CLASSES = 50  # a rank with more real classes gets the top-confusions list only, no heatmap
+TOP_CONFUSIONS = 20  # rows of :func:`top_confusions` by default
+# whole-split metrics (<split>/<kind>) in the order the test table lists them; others follow by name
+_WHOLE_SPLIT_ORDER = (N.HF, N.HP, N.HR, *(N.hdist(k) for k in N.HDIST_K), "consistency", "severity")
+
+
+def _whole_split_order(key: str) -> tuple:
+    kind = key.split("/", 1)[1]
+    return (_WHOLE_SPLIT_ORDER.index(kind) if kind in _WHOLE_SPLIT_ORDER else len(_WHOLE_SPLIT_ORDER), key)
+
+
+def val_key_of(test_key: str) -> str:
+    """The val key a test key mirrors: ``core/test_loss`` -> ``core/val_loss``, ``test/acc/genus`` ->
+    ``val/acc/genus``; the val-chosen threshold ``test/tau/<rank>`` -> ``val/best_tau/<rank>``."""
+    parts = str(test_key).split("/")
+    if parts[0] == "core" and len(parts) == 2 and parts[1].startswith("test_"):
+        return N.core_key("val", parts[1][len("test_"):])
+    if parts[0] != "test":
+        raise ValueError(f"{test_key!r} is not a test metric key (expected core/test_... or test/...)")
+    if len(parts) == 3 and parts[1] == N.TAU:
+        return N.best_tau(parts[2])
+    return "/".join(["val", *parts[1:]])
+
+
+def _split_free_label(val_key: str) -> str:
+    """``val/acc/genus`` -> ``accuracy: genus``, ``core/val_chain_acc`` -> ``chain acc``: the metric, not the split."""
+    label = metric_label(val_key)
+    parts = val_key.split("/")
+    if label == val_key and len(parts) == 3:  # a kind metric_label does not name (top5, ece, ...)
+        return f"{parts[1]}: {parts[2]}"
+    return label[len("val "):] if label.startswith("val ") else label
+
+
+_AT_TAU_KINDS = (N.TAU, N.COVERAGE_AT_TAU, N.SELECTIVE_ACCURACY_AT_TAU)  # test at the val-chosen τ: tau_on_test
+
+
+def selected_vs_test(metrics: pd.DataFrame, ranks: Sequence[str], full: bool = False) -> pd.DataFrame:
+    """A run's test numbers beside its val numbers at the selected epoch.
+
+    ``metrics``: ``RunStore.metrics`` of one run (``epoch, split, key, value``). Test rows are written
+    once, at the selected (0-based) epoch, so the val column is the val rows of that same epoch.
+    Rows: the core metrics (partial-chain, chain, loss), then ``hF``/``hdist@1``/... when stored,
+    then accuracy per rank (coarse to fine); ``full`` adds every other per-rank test key (top-k, ECE,
+    AUROC, null accuracy, ...). The test-at-τ keys are :func:`tau_on_test`'s. Columns: ``metric``
+    (readable), ``key`` (the test key), ``epoch`` (displayed, 1-based), ``val``, ``test``; empty (with
+    those columns) when the run has no test rows.
+    """
+    from workbench.summaries import test_epoch
+
+    columns = ["metric", "key", "epoch", "val", "test"]
+    test = metrics[metrics["split"] == "test"]
+    if test.empty:
+        return pd.DataFrame(columns=columns)
+    epoch = int(test_epoch(test).iloc[0])  # test rows sit at one epoch: the selected one
+    test = test[test["epoch"] == epoch].set_index("key")["value"]
+    val = metrics[(metrics["split"] == "val") & (metrics["epoch"] == epoch)].set_index("key")["value"]
+    per_rank = [k for k in test.index if len(k.split("/")) == 3 and k.split("/")[0] == "test"]
+    core = [N.core_key("test", w) for w in ("partial_chain_acc", "chain_acc", "loss")]
+    whole = sorted((k for k in test.index if len(k.split("/")) == 2 and k.startswith("test/")), key=_whole_split_order)
+    acc = [N.rank_key("test", N.ACC, r) for r in ranks]
+    keys = [k for k in [*core, *[k for k in test.index if k.startswith("core/") and k not in core], *whole, *acc]
+            if k in test.index]
+    if full:
+        rank_order = {r: i for i, r in enumerate(ranks)}
+        rest = [k for k in per_rank if k not in keys and k.split("/")[1] not in _AT_TAU_KINDS]
+        keys += sorted(rest, key=lambda k: (rank_order.get(k.split("/")[2], len(rank_order)), k))
+    rows = [{"metric": _split_free_label(val_key_of(k)), "key": k, "epoch": int(display_epoch(epoch)),
+             "val": float(val.get(val_key_of(k), np.nan)), "test": float(test[k])} for k in keys]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def tau_on_test(metrics: pd.DataFrame, ranks: Sequence[str], val_curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per rank, the val-chosen threshold applied to test: ``rank, tau, val coverage, test coverage,
+    val selective accuracy, test selective accuracy``.
+
+    ``metrics``: ``RunStore.metrics`` of one run; the test values are its ``test/tau/<rank>``,
+    ``test/coverage_at_tau/<rank>`` and ``test/selective_accuracy_at_tau/<rank>``. ``val_curves``:
+    ``RunStore.curves`` at the selected epoch (val), for the val values at the same τ (NaN without
+    them: a run that kept curves of its last epoch only). Empty when the run stored no test τ.
+    """
+    from workbench.summaries import test_epoch
+
+    columns = ["rank", "tau", "val coverage", "test coverage", "val selective accuracy", "test selective accuracy"]
+    test = metrics[metrics["split"] == "test"]
+    if len(test):
+        test = test[test["epoch"] == int(test_epoch(test).iloc[0])].set_index("key")["value"]
+    else:
+        test = pd.Series(dtype=float)
+    rows = []
+    for rank in ranks:
+        tau = test.get(N.rank_key("test", N.TAU, rank))
+        if tau is None or tau != tau:
+            continue
+        at = {}
+        if val_curves is not None and len(val_curves):
+            sub = val_curves[(val_curves["rank"] == rank) & np.isclose(val_curves["tau"].to_numpy(dtype=float), tau)]
+            at = sub.drop_duplicates("curve").set_index("curve")["value"].to_dict()
+        rows.append({"rank": rank, "tau": float(tau),
+                     "val coverage": float(at.get("coverage", np.nan)),
+                     "test coverage": float(test.get(N.rank_key("test", N.COVERAGE_AT_TAU, rank), np.nan)),
+                     "val selective accuracy": float(at.get("selective_accuracy", np.nan)),
+                     "test selective accuracy": float(test.get(N.rank_key("test", N.SELECTIVE_ACCURACY_AT_TAU, rank),
+                                                               np.nan))})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _class_ids(names: pd.Series, taxonomy, r: int, column: str) -> np.ndarray:
+    """Class names of one rank (None/NaN = null) -> class ids; a name outside the taxonomy is a ValueError."""
+    index = {name: i for i, name in enumerate(taxonomy.vocab[r]) if i}
+    ids = np.zeros(len(names), dtype=np.int64)
+    for i, name in enumerate(names.tolist()):
+        if name is None or (isinstance(name, float) and name != name):
+            continue
+        if name not in index:
+            raise ValueError(f"predictions column {column!r}, row {i}: {name!r} is not a class of rank "
+                             f"{taxonomy.ranks[r]!r} of the run's taxonomy")
+        ids[i] = index[name]
+    return ids
+
+
+def _confusion_pairs(frame: pd.DataFrame, rank: str, taxonomy) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(true ids, predicted ids, rank index)`` of a predictions frame (``true/<rank>``, ``pred/<rank>``)."""
+    r = taxonomy.rank_index(rank)
+    for col in (f"true/{rank}", f"pred/{rank}"):
+        if col not in frame:
+            raise ValueError(f"predictions frame has no column {col!r} "
+                             f"(columns: {', '.join(map(str, frame.columns[:12]))})")
+    return (_class_ids(frame[f"true/{rank}"], taxonomy, r, f"true/{rank}"),
+            _class_ids(frame[f"pred/{rank}"], taxonomy, r, f"pred/{rank}"), r)
+
+
+def plotly_text(text) -> str:
+    """``text`` shown literally in a plotly label: plotly reads ``<b>``, ``<a href=...>`` and ``&...;`` in
+    labels as markup; escaped, a class named ``<a href=x>`` shows those characters and links nowhere."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _class_name(taxonomy, r: int, c: int) -> str:
+    return NULL_LABEL if c == 0 else str(taxonomy.vocab[r][c])
+
+
+def top_confusions(frame: pd.DataFrame, rank: str, taxonomy, top: int | None = TOP_CONFUSIONS) -> pd.DataFrame:
+    """The most frequent mistakes at ``rank``: ``true, predicted, count, lca_height``, most frequent first.
+
+    ``frame``: :func:`workbench.predict.run_predictions`'s (``true/<rank>``, ``pred/<rank>``: class names,
+    None = null). Counted over samples labelled at ``rank`` whose prediction differs (a null prediction
+    is a mistake named :data:`NULL_LABEL`), as rank accuracy counts them. ``lca_height``: the height of
+    the two classes' lowest common ancestor (:meth:`Taxonomy.lca_height`: 1 = siblings, ``r + 1`` = no
+    shared ancestor or a null prediction). Ties: the larger height (the worse mistake) first, then by
+    names. ``top``: at most this many rows (None: all).
+    """
+    import torch
+
+    y, p, r = _confusion_pairs(frame, rank, taxonomy)
+    wrong = (y != 0) & (p != y)
+    columns = ["true", "predicted", "count", "lca_height"]
+    if not wrong.any():
+        return pd.DataFrame(columns=columns).astype({"count": int, "lca_height": int})
+    pairs, counts = np.unique(np.stack([y[wrong], p[wrong]], axis=1), axis=0, return_counts=True)
+    heights = taxonomy.lca_height(r, torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])).numpy()
+    out = pd.DataFrame({"true": [_class_name(taxonomy, r, int(c)) for c in pairs[:, 0]],
+                        "predicted": [_class_name(taxonomy, r, int(c)) for c in pairs[:, 1]],
+                        "count": counts.astype(int), "lca_height": heights.astype(int)})
+    out = out.sort_values(["count", "lca_height", "true", "predicted"], ascending=[False, False, True, True],
+                          kind="stable").reset_index(drop=True)
+    return out.head(top) if top else out
+
+
+def confusion_matrix(frame: pd.DataFrame, rank: str, taxonomy) -> pd.DataFrame:
+    """Counts of (true, predicted) class at ``rank`` over every sample of the frame: a square frame
+    over the rank's classes, :data:`NULL_LABEL` first (index: true, columns: predicted)."""
+    y, p, r = _confusion_pairs(frame, rank, taxonomy)
+    k = taxonomy.num_classes[r]
+    counts = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+    names = [_class_name(taxonomy, r, c) for c in range(k)]
+    return pd.DataFrame(counts, index=pd.Index(names, name="true"), columns=pd.Index(names, name="predicted"))
+
+
+def confusion_figure(frame: pd.DataFrame, rank: str, taxonomy) -> go.Figure:
+    """Heatmap of :func:`confusion_matrix`: colour = share of the true class's samples (each row sums
+    to 1, so a rare class reads as clearly as a common one), the cell's count in the hover and as text.
+
+    For ranks with at most :data:`MAX_CONFUSION_CLASSES` real classes (a ``ValueError`` otherwise:
+    show :func:`top_confusions` instead). A row with no sample (a class absent from the split) stays blank.
+    Class names are shown as text (:func:`plotly_text`).
+    """
+    r = taxonomy.rank_index(rank)
+    real = taxonomy.num_classes[r] - 1
+    if real > MAX_CONFUSION_CLASSES:
+        raise ValueError(f"rank {rank!r} has {real} classes; the confusion heatmap draws at most "
+                         f"{MAX_CONFUSION_CLASSES} (use top_confusions)")
+    m = confusion_matrix(frame, rank, taxonomy)
+    counts = m.to_numpy()
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+    names = [plotly_text(n) for n in m.index]
+    text = [[f"{c:,}" if c else "" for c in row] for row in counts]
+    fig = go.Figure(go.Heatmap(
+        z=share, x=names, y=names, customdata=counts, text=text, texttemplate="%{text}" if len(names) <= 20 else None,
+        colorscale="Blues", zmin=0, zmax=1, xgap=1, ygap=1, colorbar={"title": {"text": "share of<br>true class"}},
+        hovertemplate=("true %{y}<br>predicted %{x}<br>%{customdata:,} samples (%{z:.1%} of the true class)"
+                       "<extra></extra>"),
+    ))
+    side = max(360, min(900, 22 * len(names) + 160))
+    _layout(fig, f"Confusion matrix at {rank} ({int(counts.sum()):,} samples)", "predicted", "true", height=side)
+    fig.update_layout(hovermode="closest", showlegend=False)
+    fig.update_xaxes(type="category", tickangle=-45, automargin=True, dtick=1)
+    fig.update_yaxes(type="category", autorange="reversed", automargin=True, dtick=1)
+    return fig
+
+
+PREDICTION_COLUMNS = ("sample", "true_path", "pred_path", "confidence", "correct", "severity")
+
+
+def predictions_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The predictions frame as the app's table: ``sample, true_path, pred_path, confidence, correct,
+    severity`` (and ``source`` when the frame has it), most confident mistakes first.
+
+    Order: wrong predictions by confidence (highest first), then right ones by confidence (highest
+    first), then samples whose correctness is unknown (no labelled rank); ties by sample. ``frame``:
+    :func:`workbench.predict.run_predictions`'s, with the truth known (``correct`` present).
+    """
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame]
+    if missing:
+        raise ValueError(f"predictions frame has no column(s) {', '.join(missing)}: it needs the truth "
+                         f"(a val or test split); columns: {', '.join(map(str, frame.columns[:12]))}")
+    out = frame[[*PREDICTION_COLUMNS, *(["source"] if "source" in frame else [])]].copy()
+    correct = out["correct"].astype(object).map(lambda v: None if pd.isna(v) else bool(v))  # NA: unknown
+    group = correct.map({False: 0, True: 1}).fillna(2).astype(int)
+    conf = -(out["confidence"].astype(float).fillna(-np.inf))  # highest first; no confidence: last
+    order = (pd.DataFrame({"group": group, "conf": conf, "sample": out["sample"]})
+             .sort_values(["group", "conf", "sample"], kind="stable").index)
+    out["correct"] = correct
+    return out.loc[order].reset_index(drop=True)

@@ -91,7 +91,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 # runs columns that hold JSON (parsed by the readers); absent in stores older than version 2
 JSON_RUN_COLUMNS = ("ranks", "environment")
 
-from workbench.names import CHECKPOINT_NAME, CHECKPOINTS_DIR, LOCK_NAME, STATUSES, ranks_of  # noqa: E402,F401 (one home: names.py)
+from workbench.names import CHECKPOINT_NAME, CHECKPOINTS_DIR, LOCK_NAME, SPLITS, STATUSES, ranks_of  # noqa: E402,F401 (one home: names.py)
 
 RUN_ID_MAX = 64
 RUN_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{RUN_ID_MAX - 1}}}")
@@ -474,6 +474,27 @@ class RunStore:
                 args.append(json.dumps(dict(health)))
             con.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*args, run_id))
 
+    def write_once(
+        self, run_id: str, split: str, epoch: int, metrics: Mapping[str, float], curves: pd.DataFrame | None = None,
+    ) -> None:
+        """The metrics and curves of a split evaluated once per run (``test``, at the selected ``epoch``), in one
+        transaction that first deletes the run's earlier rows of that split: a resumed run that selects
+        another epoch leaves one epoch of test rows, not two. Every metric key must belong to ``split``."""
+        other = sorted(k for k in metrics if metric_split(k) != split)
+        assert not other, f"write_once({split!r}) given metrics of other splits: {other[:5]}"
+        rows = [(run_id, epoch, split, k, _finite_or_none(v)) for k, v in metrics.items()]
+        with self._connect() as con:
+            for table in ("metrics", "curves"):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND split = ?", (run_id, split))
+            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+            if curves is not None and len(curves):
+                c = curves[["rank", "curve", "tau", "value"]]
+                con.executemany(
+                    "INSERT OR REPLACE INTO curves VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, epoch, split, r, cv, float(t), _finite_or_none(v)) for r, cv, t, v in c.itertuples(index=False)],
+                )
+            con.execute("UPDATE runs SET updated = ? WHERE id = ?", (time.time(), run_id))
+
     # ------------------------------------------------------------------ readers
     def runs(self, sweep_id: str | None = None, with_config: bool = False) -> pd.DataFrame:
         """All runs, newest first; ``with_config`` adds one column per config key (``LOSS.W``, ...).
@@ -557,10 +578,11 @@ class RunStore:
 
 
 def metric_split(key: str) -> str:
-    """``core/val_loss`` -> ``val``; ``train/acc/genus`` -> ``train``; ``schedule/...`` -> ``run``."""
+    """``core/val_loss`` -> ``val``; ``train/acc/genus`` -> ``train``; ``test/hF`` -> ``test``;
+    ``schedule/...`` -> ``run``."""
     head = key.split("/")
     for part in head[:2]:
-        for split in ("train", "val"):
+        for split in SPLITS:
             if part == split or part.startswith(split + "_"):
                 return split
     return "run"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import Config, ConfigError, _bounded_yaml, _YamlRefused, apply_overrides, flatten, shorten
-from workbench.events import BaseSink, EpochResult, RunFinished, RunStarted
+from workbench.events import BaseSink, EpochResult, RunFinished, RunStarted, TestResult
 from workbench.store import RunStore
 
 # sweep-friendly names for the keys researchers sweep most
@@ -42,7 +42,7 @@ ALIASES = {
     "seed": "TRAIN.SEED",
 }
 from workbench.names import (  # noqa: E402,F401 (one home: names.py; re-exported here)
-    DEFAULT_STORE, MAX_TRIALS, RESULTS_DIR, SELECT_BY_DEFAULT as SELECTION_METRIC, STATUS_FILE, SWEEP_ACTIVE,
+    DEFAULT_STORE, MAX_TRIALS, RESULT_NEUTRAL_KEYS, RESULTS_DIR, SELECT_BY_DEFAULT as SELECTION_METRIC, STATUS_FILE, SWEEP_ACTIVE,
     SWEEP_STATUSES, SWEEPS_DIR, wandb_dir_for,
 )
 
@@ -242,7 +242,7 @@ def check_reuse(store: RunStore, sweep_id: str, spec: SweepSpec) -> None:
 
     A reused id adds trials to the same sweep (its table and chart mix both), so the stored trials'
     configs must be points of this sweep: swept keys inside the grid (or distribution bounds),
-    every other key equal to the base. Tracking keys and thread counts may differ.
+    every other key equal to the base. Tracking keys and result-neutral keys (threads, device, streaming) may differ.
     """
     runs = store.runs(sweep_id=sweep_id)
     if runs.empty:
@@ -252,7 +252,7 @@ def check_reuse(store: RunStore, sweep_id: str, spec: SweepSpec) -> None:
     dists = {ALIASES.get(k, k): v for k, v in spec.distributions.items()}
 
     def ignored(key: str) -> bool:
-        return key.startswith("TRACKING.") or key == "TRAIN.NUM_THREADS"
+        return key.startswith("TRACKING.") or key in RESULT_NEUTRAL_KEYS
 
     hint = f"use --resume {sweep_id} to continue it, or another --sweep-id"
     where = f"sweep {sweep_id!r} already has {len(runs)} trials in {store.path}"
@@ -281,18 +281,19 @@ EVENT_KEY = "workbench_event"  # the key of a Tune result that carries the trial
 TRAINER_DIR = "trainer"  # in Tune's trial folder: the trial trainer's checkpoint and lock
 
 
-def encode_events(started: RunStarted | None, result: EpochResult) -> str:
-    """A trial's events for one report, as JSON text (it crosses nodes through Tune's result).
+def encode_events(started: RunStarted | None, result: EpochResult | TestResult) -> str:
+    """A trial's events for one report, as JSON text (it crosses nodes through Tune's result): an epoch's
+    result, or the run's one test result (under the key ``test``).
 
     Curves travel as a dict of columns; NaN metrics are kept (JSON ``NaN``, read back by ``json``).
     """
     curves = result.curves
-    payload = {
-        "epoch": {
-            "run_id": result.run_id, "epoch": result.epoch, "metrics": dict(result.metrics),
-            "curves": {c: curves[c].tolist() for c in curves.columns}, "health": dict(result.health),
-        },
-    }
+    body = {"run_id": result.run_id, "epoch": result.epoch, "metrics": dict(result.metrics),
+            "curves": {c: curves[c].tolist() for c in curves.columns}}
+    if isinstance(result, TestResult):
+        payload: dict = {"test": body}
+    else:
+        payload = {"epoch": {**body, "health": dict(result.health)}}
     if started is not None:
         payload["started"] = {
             "run_id": started.run_id, "config": dict(started.config), "ranks": list(started.ranks),
@@ -302,14 +303,17 @@ def encode_events(started: RunStarted | None, result: EpochResult) -> str:
     return json.dumps(payload)
 
 
-def decode_events(text: str) -> tuple[RunStarted | None, EpochResult]:
-    """The inverse of :func:`encode_events`: ``(RunStarted or None, EpochResult)``."""
+def decode_events(text: str) -> tuple[RunStarted | None, EpochResult | TestResult]:
+    """The inverse of :func:`encode_events`: ``(RunStarted or None, EpochResult or TestResult)``."""
     import pandas as pd
 
     payload = json.loads(text)
-    e = payload["epoch"]
+    e = payload["test"] if "test" in payload else payload["epoch"]
     curves = pd.DataFrame(e["curves"], columns=list(e["curves"]) or ["split", "rank", "curve", "tau", "value"])
-    result = EpochResult(e["run_id"], int(e["epoch"]), e["metrics"], curves, e["health"])
+    if "test" in payload:
+        result: EpochResult | TestResult = TestResult(e["run_id"], int(e["epoch"]), e["metrics"], curves)
+    else:
+        result = EpochResult(e["run_id"], int(e["epoch"]), e["metrics"], curves, e["health"])
     s = payload.get("started")
     started = None if s is None else RunStarted(
         s["run_id"], s["config"], tuple(s["ranks"]), int(s["start_epoch"]), s["parent_id"], s["environment"], s["pid"])
@@ -319,16 +323,21 @@ def decode_events(text: str) -> tuple[RunStarted | None, EpochResult]:
 class TuneReportSink(BaseSink):
     """Reports each epoch to Tune: the whole :class:`EpochResult` (metrics, curves, health) and, with
     every report, the run's :class:`RunStarted` (resolved config, ranks, environment), plus a
-    checkpoint of the trainer's state after that epoch. The metrics are also top-level keys of the
-    result, for Tune's schedulers and searchers. The driver's :class:`StoreCallback` rebuilds the
-    events and feeds them to the store sink.
+    checkpoint of the trainer's state after that epoch (and the run's ``best.pt``, so a trial restarted
+    on another node keeps its selected weights). The metrics are also top-level keys of the result,
+    for Tune's schedulers and searchers. The run's :class:`TestResult` is one more report, after the
+    last epoch: its top-level metrics repeat the last epoch's (val) ones, so Tune's schedulers and
+    searchers never see a test number; the test metrics travel only inside the encoded event. The
+    driver's :class:`StoreCallback` rebuilds the events and feeds them to the store sink.
     """
 
     name = "ray-tune"
 
-    def __init__(self, state_fn):
+    def __init__(self, state_fn, best_fn=None):
         self.state_fn = state_fn
+        self.best_fn = best_fn  # () -> the file of the run's current best weights, or None (Trainer.best_file)
         self.started: RunStarted | None = None
+        self._last: dict = {}  # the last epoch's top-level report (repeated by the test report)
 
     def on_start(self, event: RunStarted) -> None:
         self.started = event
@@ -336,13 +345,22 @@ class TuneReportSink(BaseSink):
     def on_epoch(self, event: EpochResult) -> None:
         from ray import tune
 
+        from workbench.names import BEST_CHECKPOINT_NAME
         from workbench.trainer import CHECKPOINT_NAME, save_checkpoint
 
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp) / CHECKPOINT_NAME, self.state_fn(event.epoch))
-            metrics = {**event.metrics, "epoch": event.epoch, "run_id": event.run_id,
-                       EVENT_KEY: encode_events(self.started, event)}
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            best = self.best_fn() if self.best_fn is not None else None
+            if best is not None:
+                shutil.copy(best, Path(tmp) / BEST_CHECKPOINT_NAME)
+            self._last = {**event.metrics, "epoch": event.epoch, "run_id": event.run_id}
+            tune.report({**self._last, EVENT_KEY: encode_events(self.started, event)},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def on_test(self, event: TestResult) -> None:
+        from ray import tune
+
+        tune.report({**self._last, "run_id": event.run_id, EVENT_KEY: encode_events(None, event)})
 
 
 def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None = None, threads: int = 1) -> None:
@@ -354,6 +372,7 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
     """
     from ray import tune
 
+    from workbench.names import BEST_CHECKPOINT_NAME
     from workbench.store import CHECKPOINT_NAME
     from workbench.trainer import Trainer
 
@@ -366,8 +385,10 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
         with checkpoint.as_directory() as d:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(d) / CHECKPOINT_NAME, target)
+            if (Path(d) / BEST_CHECKPOINT_NAME).is_file():
+                shutil.copy(Path(d) / BEST_CHECKPOINT_NAME, target.parent / BEST_CHECKPOINT_NAME)
     trainer = Trainer(cfg, run_id=run_id, progress=False, checkpoint_path=target)
-    trainer.sinks.append(TuneReportSink(trainer.state_dict))
+    trainer.sinks.append(TuneReportSink(trainer.state_dict, trainer.best_file))
     trainer.fit(resume=checkpoint is not None)
 
 
@@ -416,11 +437,14 @@ def _store_callback_class():
             self.store.create_run(config, name=run_id, run_id=run_id, sweep_id=self.sweep_id, status="queued")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            started, epoch = decode_events(result[EVENT_KEY])
+            started, event = decode_events(result[EVENT_KEY])
+            if isinstance(event, TestResult):
+                self.sink.on_test(event)
+                return
             if started is not None and self._started.get(started.run_id) != started:
                 self.sink.on_start(started)  # first report of this (re)start of the trial
                 self._started[started.run_id] = started
-            self.sink.on_epoch(epoch)
+            self.sink.on_epoch(event)
 
         def _epochs_done(self, trial) -> int:
             last = getattr(trial, "last_result", None) or {}
@@ -617,7 +641,10 @@ def _tune_config(spec: SweepSpec, settings: SweepSettings, base: dict):
     if settings.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        kwargs["scheduler"] = ASHAScheduler(time_attr="training_iteration", max_t=base["TRAIN"]["EPOCHS"], grace_period=1)
+        # max_t one past the epochs: a trial that trains them all then reports its test result; at max_t
+        # ASHA stops the trial, which would cut that last report off
+        kwargs["scheduler"] = ASHAScheduler(time_attr="training_iteration", max_t=base["TRAIN"]["EPOCHS"] + 1,
+                                            grace_period=1)
     if settings.optuna:
         if spec.grid and any(len(v) > 1 for k, v in spec.resolved_grid().items() if k != "TRAIN.SEED"):
             raise ConfigError("Optuna search takes distributions (--dist), not grids; drop the grid or --optuna")

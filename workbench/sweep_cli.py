@@ -4,10 +4,13 @@ Example:
     python -m workbench sweep --config configs/ratdat_phase2.yaml --w 0:1:0.1 --seeds 3 --end-epoch 5,20 \\
         --address auto --wandb-project hier --wandb-mode offline
 
-Prints Tune's progress while running, then a results table (mean ± std over seeds of per-rank,
-chain and partial-chain accuracy, at the best and at the final epoch), built from what was pulled
-back from W&B (the run store when W&B is off), and writes the table (CSV) and a figure of accuracy
-at each rank vs the swept key (HTML; PNG where kaleido is installed) to --out.
+Prints Tune's progress while running, then the results (mean ± std over seeds of per-rank, chain and
+partial-chain accuracy): at each trial's epoch selected on val, the val number it was selected by and
+the test numbers (select on val, report test; val numbers with a "selection bias" note when there is no
+test split), then every val number at the final epoch. Built from what was pulled back from W&B (the
+run store when W&B is off; test numbers, evaluated once per trial, always come from the store), it
+writes the table (CSV) and a figure of accuracy at each rank vs the swept key (HTML; PNG where kaleido
+is installed) to --out.
 
 The sweep's status (running, finished, failed, stopped) is recorded in
 ``<store dir>/sweeps/<sweep id>/status.json``, which the dashboard's Sweeps page lists. Bad
@@ -104,7 +107,9 @@ def results(spec, settings, sweep_id: str, out_dir: Path) -> str:
     """Pull results (W&B, else the store), print the table, write CSV + figure; returns the table text."""
     from workbench.store import RunStore
     from workbench.sweep import swept_keys
-    from workbench.sweep_results import accuracy_vs_key_figure, format_summary, store_tidy, summarize
+    from workbench.sweep_results import (
+        accuracy_vs_key_figure, format_summary, store_tidy, summarize, with_store_test_rows,
+    )
     from workbench.tracking import pull_wandb
 
     source = "run store"
@@ -115,6 +120,10 @@ def results(spec, settings, sweep_id: str, out_dir: Path) -> str:
         else:
             tidy = pull_wandb(project=settings.wandb_project, group=sweep_id)
         source = f"W&B ({settings.wandb_mode})"
+        if not tidy.empty:  # test numbers live in the W&B summary: a run pulled without them takes the store's
+            pulled = len(tidy)
+            tidy = with_store_test_rows(tidy, RunStore(settings.store_path), sweep_id)
+            source += "; test numbers from the run store" if len(tidy) > pulled else ""
     if tidy is None or tidy.empty:
         tidy = store_tidy(RunStore(settings.store_path), sweep_id)
         source = "run store"

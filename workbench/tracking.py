@@ -17,16 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.events import BaseSink, EpochResult, RunFinished, RunStarted
-from workbench.store import RunStore
+from workbench.events import BaseSink, EpochResult, RunFinished, RunStarted, TestResult
+from workbench.store import RunStore, metric_split
 
 log = logging.getLogger(__name__)
+SELECTED_EPOCH = "selected_epoch"  # the W&B summary key of the epoch the test metrics beside it belong to
+
 
 class StoreSink(BaseSink):
     """The one writer of a run's record in the :class:`RunStore` (DESIGN.md section 1, data flow).
 
     ``on_start``: status ``running``, pid, ordered ranks, resolved config and reproducibility record;
-    ``on_epoch``: metrics, curves and health in one transaction; ``on_finish``: status and error. The
+    ``on_epoch``: metrics, curves and health in one transaction; ``on_test``: the test metrics and curves
+    at the selected epoch (split ``test``, replacing any earlier ones); ``on_finish``: status and error. The
     trainer of a single run and a sweep's driver (for each trial's reported events) use this same
     class, so a trial's record has the same shape as a single run's. The run row must exist (created
     ``queued`` by the trainer, a launcher or the sweep driver).
@@ -46,12 +49,16 @@ class StoreSink(BaseSink):
     def on_epoch(self, event: EpochResult) -> None:
         self.store.write_epoch(event.run_id, event.epoch, event.metrics, event.curves, health=dict(event.health))
 
+    def on_test(self, event: TestResult) -> None:
+        self.store.write_once(event.run_id, "test", event.epoch, event.metrics, event.curves)
+
     def on_finish(self, event: RunFinished) -> None:
         self.store.update_run(event.run_id, status=event.status, error=event.error)
 
 
 class WandbSink(BaseSink):
-    """Logs config, per-epoch metrics (``step = epoch``) and the final threshold curves to W&B."""
+    """Logs config, per-epoch metrics (``step = epoch``) and the final threshold curves to W&B; the test
+    metrics (one evaluation, at the selected epoch) go to the run's summary, with ``selected_epoch``."""
 
     name = "wandb"
 
@@ -102,6 +109,10 @@ class WandbSink(BaseSink):
         self._last = event
         self._guard(lambda: self.run.log({**event.metrics, "epoch": event.epoch}, step=event.epoch))
 
+    def on_test(self, event: TestResult) -> None:
+        if self.run is not None:
+            self._guard(lambda: self.run.summary.update({**event.metrics, SELECTED_EPOCH: event.epoch}))
+
     def on_finish(self, event: RunFinished) -> None:
         def finish():
             if self._last is not None and len(self._last.curves):
@@ -109,6 +120,8 @@ class WandbSink(BaseSink):
 
                 self.run.log({"curves/val": wandb.Table(dataframe=self._last.curves)}, step=self._last.epoch)
             self.run.summary["status"] = event.status
+            if event.reason:
+                self.run.summary["stop_reason"] = event.reason
             sync_file = Path(self.run.settings.sync_file)
             self.run.finish(exit_code=0 if event.status != "failed" else 1)
             if self.mode == "offline" and not wait_for_exit_record(sync_file):
@@ -190,9 +203,11 @@ def wait_for_exit_record(path: Path, timeout: float = 30.0) -> bool:
 
 
 def read_wandb_offline_run(run_dir: str | Path) -> dict:
-    """``{"run_id", "project", "group", "config": {...}, "history": DataFrame}`` from an offline run folder.
+    """``{"run_id", "project", "group", "config": {...}, "summary": {...}, "history": DataFrame}`` from an
+    offline run folder.
 
-    ``history`` has one row per logged step and one column per metric.
+    ``history`` has one row per logged step and one column per metric; ``summary`` the run summary's
+    explicit updates (``run.summary[...] = ...``: the test metrics, the status), the last value per key.
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
@@ -200,7 +215,7 @@ def read_wandb_offline_run(run_dir: str | Path) -> dict:
     files = sorted(run_dir.glob("*.wandb")) if run_dir.is_dir() else [run_dir]
     if not files:
         raise FileNotFoundError(f"{run_dir}: no .wandb file")
-    info: dict = {"run_id": None, "project": None, "group": None, "config": {}}
+    info: dict = {"run_id": None, "project": None, "group": None, "config": {}, "summary": {}}
     rows = []
     for raw in _wandb_records(files[0]):
         rec = pb.Record()
@@ -211,6 +226,8 @@ def read_wandb_offline_run(run_dir: str | Path) -> dict:
             _apply_config(info["config"], rec.run.config.update)
         elif kind == "config":
             _apply_config(info["config"], rec.config.update)
+        elif kind == "summary":
+            _apply_config(info["summary"], rec.summary.update)
         elif kind == "history":
             rows.append({_item_key(it): json.loads(it.value_json) for it in rec.history.item})
     info["config"].pop("_wandb", None)
@@ -241,6 +258,8 @@ def pull_wandb(
 
     Offline (``offline_root`` given): read the ``.wandb`` files, no server needed. Online: the W&B
     public API (``wandb.Api()``, or ``api`` for a test double) for ``entity/project``, filtered by group.
+    The per-epoch history, plus the test metrics of the run's summary at its ``selected_epoch`` (where
+    the store keeps them too).
     """
     runs = _offline_runs(offline_root, project, group) if offline_root is not None else _online_runs(project, group, entity, api)
     frames = []
@@ -254,6 +273,9 @@ def pull_wandb(
         metric_cols = [c for c in h.columns if not c.startswith("_") and c != "epoch"
                        and not (media and c.startswith(media)) and pd.api.types.is_numeric_dtype(h[c])]
         long = h.assign(epoch=step)[["epoch", *metric_cols]].melt(id_vars="epoch", var_name="metric").dropna()
+        test = _summary_test_rows(run.get("summary") or {})
+        if len(test):
+            long = pd.concat([long, test], ignore_index=True)
         long.insert(0, "run", run["run_id"])
         long.insert(1, "group", run["group"])
         long.insert(2, "config", [run["config"]] * len(long))
@@ -267,6 +289,14 @@ def pull_wandb(
     return out
 
 
+def _summary_test_rows(summary: dict) -> pd.DataFrame:
+    """``epoch, metric, value`` of a W&B summary's test metrics (:meth:`WandbSink.on_test`), at its selected epoch."""
+    epoch = summary.get(SELECTED_EPOCH)
+    rows = [(epoch, k, float(v)) for k, v in summary.items()
+            if metric_split(k) == "test" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return pd.DataFrame(rows if isinstance(epoch, int) else [], columns=["epoch", "metric", "value"]).dropna()
+
+
 def _offline_runs(root, project, group) -> list[dict]:
     runs = [read_wandb_offline_run(d) for d in offline_run_dirs(root)]
     latest: dict[str, dict] = {}
@@ -277,7 +307,8 @@ def _offline_runs(root, project, group) -> list[dict]:
             prev = latest[r["run_id"]]
             merged = pd.concat([prev["history"], r["history"]], ignore_index=True)
             key = "epoch" if "epoch" in merged else "_step"
-            r = {**r, "history": merged.drop_duplicates(subset=[key], keep="last")}
+            r = {**r, "history": merged.drop_duplicates(subset=[key], keep="last"),
+                 "summary": {**prev.get("summary", {}), **r.get("summary", {})}}
         latest[r["run_id"]] = r
     return list(latest.values())
 
@@ -294,7 +325,9 @@ def _online_runs(project, group, entity, api) -> list[dict]:
     out = []
     for run in api.runs(path, filters=filters):
         history = pd.DataFrame(list(run.scan_history()))
-        out.append({"run_id": run.id, "group": run.group, "config": dict(run.config), "history": history})
+        summary = getattr(run, "summary", None)  # the test metrics (WandbSink.on_test)
+        out.append({"run_id": run.id, "group": run.group, "config": dict(run.config), "history": history,
+                    "summary": dict(summary) if summary is not None else {}})
     return out
 
 

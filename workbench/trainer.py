@@ -1,22 +1,26 @@
 """Trainer: epochs, phases, events -> sinks, checkpoints, resume (DESIGN.md section 1, data flow).
 
 Each epoch: shuffled batches -> logits per rank -> keep mask (null masking at the fractional epoch)
--> hierarchical loss -> step; then validation predictions -> metrics + threshold curves -> one
-:class:`EpochResult` to every sink -> an atomic checkpoint. The store is written before the
-checkpoint, so a crash between the two makes ``resume`` redo (and replace) that epoch: never a
-missing or duplicated epoch.
+-> hierarchical loss -> step; then validation predictions -> metrics + threshold curves -> selection
+(``best.pt`` when ``TRAIN.SELECT_BY`` improves) -> one :class:`EpochResult` to every sink -> an atomic
+checkpoint. The store is written before the checkpoint, so a crash between the two makes ``resume``
+redo (and replace) that epoch: never a missing or duplicated epoch. After the last epoch (or an early
+or requested stop) the test split is evaluated once with ``best.pt``'s weights: one :class:`TestResult`
+(DESIGN.md 3.5; nothing selects on test).
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import pickle
 import time
 import traceback
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,13 +31,15 @@ from workbench import metrics as M
 from workbench import names as N
 from workbench.config import Config, ConfigError
 from workbench.data import (
-    DataError, HierarchicalDataset, check_finite_features, dataset_hash, load_dataset, train_val_split,
+    DataError, HierarchicalDataset, check_finite_features, dataset_hash, load_dataset, split_dataset,
 )
-from workbench.events import EpochResult, RunFinished, RunStarted, Sink, SinkError, dispatch
+from workbench.events import EpochResult, RunFinished, RunStarted, Sink, SinkError, TestResult, dispatch
 from workbench.health import HealthMonitor, zero_total_weight
 from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
 from workbench.masking import NullMaskSchedule, null_keep_mask
 from workbench.augment import Augment, channel_stats
+from workbench.decoding import argmax_classes, rank_probabilities
+from workbench.streaming import StreamLoader, is_lazy
 from workbench.models import IMAGE_BACKBONES, HierarchicalModel, build_model, load_pretrained
 from workbench.environment import environment_record
 from workbench.store import (
@@ -86,6 +92,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
 # what a checkpoint must hold: to start phase 2 from it, and (the trainer's own) to resume a run
 INIT_KEYS = ("model", "taxonomy")
 RESUME_KEYS = ("epoch", "model", "optimizer", "rng", "shuffle_rng", "mask_rng")
+# what best.pt (the weights of the epoch selected on val, DESIGN.md 3.5) holds: enough to predict without the run
+BEST_KEYS = ("run_id", "epoch", "model", "config", "taxonomy", "select_by", "select_value", "tau", "data_hash",
+             "data_rows", "feature_names", "input_shape", "meta_names")
+# best.pt is first written under this name and renamed over best.pt once the resume checkpoint that
+# selects it is on disk: a kill between the two never leaves a best.pt the checkpoint does not point at
+PENDING_SUFFIX = ".pending"
 # what torch.load raises on a file that is not a checkpoint: text (KeyError: a stray pickle opcode),
 # empty (EOFError), truncated (RuntimeError from the zip reader), pickled code (UnpicklingError from
 # the weights-only unpickler, which refuses it before running anything), a folder or no permission
@@ -130,6 +142,23 @@ def load_checkpoint(path: Path, required: Sequence[str] = ()) -> dict:
     return state
 
 
+# The open run-lock files of this process. A forked child (a DataLoader worker decoding images) inherits
+# them, and an flock stays held while any copy is open: a worker outliving a killed trainer by its few
+# seconds of parent watchdog would make `resume` wait for it. Children close them first (release_inherited_locks).
+HELD_LOCK_FDS: set[int] = set()
+
+
+def release_inherited_locks(*_args) -> None:
+    """In a forked child: close the run-lock descriptors inherited from the trainer (the lock stays the
+    parent's; only this copy goes). Usable as a DataLoader ``worker_init_fn``."""
+    for fd in list(HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    HELD_LOCK_FDS.clear()
+
+
 @contextmanager
 def run_lock(store: RunStore, run_id: str):
     """Hold the run's exclusive lock (``<run folder>/lock``) for the duration: one run, one trainer.
@@ -148,6 +177,7 @@ def path_lock(path: Path, run_id: str, where: str):
     ``where`` names the store or folder in the refusal message."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    HELD_LOCK_FDS.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,6 +193,7 @@ def path_lock(path: Path, run_id: str, where: str):
             log.warning("could not record the pid in %s: %s", path, e)
         yield
     finally:
+        HELD_LOCK_FDS.discard(fd)
         os.close(fd)  # releases the lock
 
 
@@ -255,7 +286,9 @@ class Trainer:
         self.taxonomy: Taxonomy = ds.taxonomy
         # what the class ids mean and what trains: in every checkpoint, so `resume` refuses other data
         self.data_hash, self.data_rows = dataset_hash(ds), len(ds)
-        self.train_ds, self.val_ds = train_val_split(ds, config.DATA.VAL_FRACTION, config.DATA.SEED)
+        # train / val / test (None: no test split); selection and every tau use val only (DESIGN.md 3.5)
+        self.train_ds, self.val_ds, self.test_ds = split_dataset(
+            ds, config.DATA.VAL_FRACTION, config.DATA.TEST_FRACTION, config.DATA.SEED)
         self.init_path = (resolve_init_from(config.TRAIN.INIT_FROM, self.store or _lookup_store(config))
                           if config.TRAIN.INIT_FROM else None)
         self.init_state = self._checked_init_state()  # before the run row exists: a bad parent stores nothing
@@ -263,6 +296,7 @@ class Trainer:
         self._build()
         if self.init_state is not None:
             self._load_init()  # an architecture mismatch is an error here, before the run row exists
+        self._check_select_by()  # likewise: a metric the run never logs cannot select an epoch
         if self.store is None:
             self.run_id = validate_run_id(run_id or new_run_id())
             self.ckpt_path = Path(checkpoint_path)
@@ -273,6 +307,10 @@ class Trainer:
             self.ckpt_path = self.store.checkpoint_path(self.run_id)
             self.lock_path = self.store.lock_path(self.run_id)
             self.sinks = [StoreSink(self.store), *default_sinks(config, self.store), *sinks]
+        self.best_path = self.ckpt_path.parent / N.BEST_CHECKPOINT_NAME
+        self.pending_best_path = self.best_path.with_name(self.best_path.name + PENDING_SUFFIX)
+        self.best = _no_best()
+        self.stop_reason: str | None = None  # why a finished run ended before TRAIN.EPOCHS (early stopping)
         # what reproduces the run (versions, git commit, device, seeds, data hash): sent in RunStarted
         self.environment = environment_record(config, ds, self.device, data_hash=self.data_hash)
 
@@ -337,6 +375,23 @@ class Trainer:
                 f"{shape}" + ("; use 'set_attention'" if want == 2 else "; use 'mlp'")
             )
 
+    def _check_select_by(self) -> None:
+        """``TRAIN.SELECT_BY`` (a val key by the config's own check) must be a metric this run logs; the
+        default always is. Another one is checked against a real evaluation of the val split with the
+        untrained model (no random numbers are drawn), so no rank name or metric kind is guessed."""
+        key = self.cfg.TRAIN.SELECT_BY
+        if key == N.SELECT_BY_DEFAULT:
+            return
+        logged = [k for k in self.evaluate(self.val_ds, split="val")[0] if N.is_val_key(k)]
+        if key not in logged:
+            import difflib
+
+            near = difflib.get_close_matches(key, logged, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+            raise ConfigError(f"`TRAIN.SELECT_BY` must be a val metric this run logs, got {key!r}{hint} "
+                              f"(its val metrics: {', '.join(sorted(logged)[:40])}"
+                              f"{', ...' if len(logged) > 40 else ''})")
+
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.TRAIN.SEED)
@@ -390,7 +445,29 @@ class Trainer:
             "taxonomy": self.taxonomy.to_dict(), "rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle_gen.get_state(), "mask_rng": self.mask_gen.get_state(),
             "aug_rng": self.aug_gen.get_state(), "data_hash": self.data_hash, "data_rows": self.data_rows,
+            "best": dict(self.best),  # the selection so far, so a resumed run keeps its best epoch
         }
+
+    def best_state(self, epoch: int, value: float, metrics) -> dict:
+        """``best.pt``: the weights of ``epoch`` (selected on val by ``TRAIN.SELECT_BY`` with ``value``), each
+        rank's val-chosen threshold ``tau`` from that epoch's ``metrics``, and what applying them needs:
+        config, taxonomy, data hash and the input's names and shape."""
+        return {
+            "run_id": self.run_id, "epoch": epoch, "model": self.model.state_dict(), "config": self.cfg.to_dict(),
+            "taxonomy": self.taxonomy.to_dict(), "select_by": self.cfg.TRAIN.SELECT_BY, "select_value": value,
+            "tau": {rank: float(metrics[N.best_tau(rank)]) for rank in self.taxonomy.ranks},
+            "data_hash": self.data_hash, "data_rows": self.data_rows,
+            "feature_names": list(self.train_ds.feature_names), "input_shape": list(self.train_ds.input_shape),
+            "meta_names": list(getattr(self.train_ds, "meta_names", None) or []),
+        }
+
+    def best_file(self) -> Path | None:
+        """The file holding the current best weights: the just-written ``best.pt`` still pending its rename
+        (between selecting an epoch and checkpointing it), else ``best.pt``; None before any selection."""
+        for path in (self.pending_best_path, self.best_path):
+            if path.is_file():
+                return path
+        return None
 
     def _load_init(self) -> None:
         """Phase 2: start from another run's weights (taxonomy checked at construction)."""
@@ -441,7 +518,22 @@ class Trainer:
         self.mask_gen.set_state(state["mask_rng"])
         if "aug_rng" in state:  # absent in checkpoints written before image augmentation
             self.aug_gen.set_state(state["aug_rng"])
+        # absent in checkpoints written before selection: the selection starts afresh from here
+        self.best = {**_no_best(), **state["best"]} if isinstance(state.get("best"), dict) else _no_best()
+        self._settle_pending_best()
         return int(state["epoch"]) + 1
+
+    def _settle_pending_best(self) -> None:
+        """After a kill: a pending ``best.pt`` of the epoch the checkpoint selected becomes ``best.pt``; one of an
+        epoch the checkpoint never recorded (killed before it was written) is dropped, that epoch is redone."""
+        pending = self.pending_best_path
+        if not pending.is_file():
+            return
+        epoch = load_checkpoint(pending, ("epoch",))["epoch"]
+        if self.best["epoch"] is not None and int(epoch) == self.best["epoch"]:
+            os.replace(pending, self.best_path)
+        else:
+            pending.unlink()
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> str:
@@ -459,24 +551,43 @@ class Trainer:
 
     def _fit(self, resume: bool) -> str:
         start = self._restore() if resume else 0
-        if start == 0 and self.init_state is not None:
-            self._load_init()
-        epoch = start - 1
+        if start == 0:
+            if self.init_state is not None:
+                self._load_init()
+            # a fresh start selects afresh: no best.pt of an earlier attempt under this run id may survive
+            self.best = _no_best()
+            self.best_path.unlink(missing_ok=True)
+            self.pending_best_path.unlink(missing_ok=True)
+        done = start  # epochs trained, this session and before
         status, error = "finished", None
         bar = tqdm(total=self.cfg.TRAIN.EPOCHS, initial=start, desc=f"run {self.run_id}", unit="epoch",
                    disable=not self.progress)
         try:  # from on_start on, any failure is recorded as the run's failure
             dispatch(self.sinks, "on_start", self.started_event(start))
-            for epoch in range(start, self.cfg.TRAIN.EPOCHS):
-                result = self.run_epoch(epoch)
-                dispatch(self.sinks, "on_epoch", result)
-                save_checkpoint(self.ckpt_path, self.state_dict(epoch))
-                bar.update(1)
-                bar.set_postfix(_postfix(result.metrics), refresh=False)
-                if self.store is not None and self.store.stop_requested(self.run_id):
-                    raise StopRun
-        except StopRun:
-            status = "stopped"
+            epochs = self.cfg.TRAIN.EPOCHS
+            end = start if start < epochs and self._early_stop() else epochs  # resumed out of patience: none left
+            try:
+                for epoch in range(start, end):
+                    result = self.run_epoch(epoch)
+                    improved = self._select(epoch, result.metrics)  # best.pt (pending) before any sink sees it
+                    # decided before the sinks see the epoch: an early-stopped run's last epoch is its last
+                    last = epoch == epochs - 1 or self._early_stop()
+                    if self.cfg.TRACKING.CURVES == "last_epoch" and not last:
+                        result = replace(result, curves=result.curves.iloc[0:0])  # best taus stay in the metrics
+                    dispatch(self.sinks, "on_epoch", result)
+                    save_checkpoint(self.ckpt_path, self.state_dict(epoch))
+                    if improved:  # the checkpoint now points at it
+                        os.replace(self.pending_best_path, self.best_path)
+                    done = epoch + 1
+                    bar.update(1)
+                    bar.set_postfix(_postfix(result.metrics), refresh=False)
+                    if last and done < epochs:  # early stop, before the stop flag: the run then ends finished
+                        break
+                    if self.store is not None and self.store.stop_requested(self.run_id):
+                        raise StopRun
+            except StopRun:
+                status = "stopped"
+            self._test()
         except TrainingFailed as e:  # the message is the whole story: no traceback in the store
             status, error = "failed", str(e)
             raise
@@ -485,8 +596,76 @@ class Trainer:
             raise
         finally:
             bar.close()
-            self._finish(RunFinished(self.run_id, status, epoch + 1, error))
+            reason = self.stop_reason if status == "finished" else None  # a failure after it is the story
+            self._finish(RunFinished(self.run_id, status, done, error, reason))
         return status
+
+    # ------------------------------------------------------------------ selection, early stopping, test
+    def _select(self, epoch: int, metrics) -> bool:
+        """Update the selection with ``epoch``'s val ``metrics``; True when it improves ``TRAIN.SELECT_BY``
+        (strictly, in the metric's direction; NaN never improves), after writing its ``best.pt`` (pending)."""
+        key = self.cfg.TRAIN.SELECT_BY
+        value = float(metrics[key])  # present: checked at construction (or the default, always logged)
+        best = self.best["value"]
+        better = not math.isnan(value) and (
+            best is None or (value > best if N.direction(key) == "max" else value < best))
+        if not better:
+            self.best["bad_epochs"] += 1
+            return False
+        save_checkpoint(self.pending_best_path, self.best_state(epoch, value, metrics))
+        self.best = {"epoch": epoch, "value": value, "bad_epochs": 0}
+        return True
+
+    def _early_stop(self) -> bool:
+        """True when ``TRAIN.EARLY_STOP_PATIENCE`` epochs in a row did not improve the selection; the reason is
+        kept (``stop_reason``, sent with :class:`RunFinished`) and logged, once."""
+        patience = self.cfg.TRAIN.EARLY_STOP_PATIENCE
+        if not patience or self.best["bad_epochs"] < patience:
+            return False
+        if self.stop_reason is None:
+            key, b = self.cfg.TRAIN.SELECT_BY, self.best["epoch"]
+            since = f"its best, {self.best['value']:.4g} at epoch {b + 1}" if b is not None else "no finite value yet"
+            n = self.best["bad_epochs"]
+            self.stop_reason = (f"early stop: `{key}` did not improve for {n} epoch{'s' if n != 1 else ''} "
+                                f"(TRAIN.EARLY_STOP_PATIENCE={patience}; {since})")
+            log.warning("run %s: %s", self.run_id, self.stop_reason)
+        return True
+
+    def _test(self) -> None:
+        """Evaluate the test split once with the selected epoch's weights (``best.pt``) and each rank's val-chosen
+        threshold, and send the :class:`TestResult` (DESIGN.md 3.5). Nothing here feeds back into selection.
+
+        The test split gets every metric val gets (the same :meth:`evaluate`), except the thresholds chosen on
+        it (``test/best_tau*``: that would be selecting on test); instead each rank's val ``tau`` is applied:
+        ``test/tau/<rank>``, ``test/coverage_at_tau/<rank>``, ``test/selective_accuracy_at_tau/<rank>``
+        (read off the test curves, computed on the same threshold grid as val's). No health checks run.
+        The trainer's model keeps its last epoch's weights afterwards (as in ``checkpoint.pt``).
+        """
+        if self.test_ds is None:
+            return
+        if self.best["epoch"] is None:
+            log.warning("run %s: the test split is not evaluated: `%s` was never a finite number, so no epoch "
+                        "was selected", self.run_id, self.cfg.TRAIN.SELECT_BY)
+            return
+        state = load_checkpoint(self.best_path, BEST_KEYS)
+        if int(state["epoch"]) != self.best["epoch"]:
+            raise StoreError(f"{self.best_path}: holds epoch {int(state['epoch']) + 1}, but the run selected epoch "
+                             f"{self.best['epoch'] + 1}; the selected weights are lost: train the run again")
+        last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(state["model"])
+        try:
+            metrics, curves, _ = self.evaluate(self.test_ds, split="test")
+        finally:
+            self.model.load_state_dict(last)
+        metrics = {k: v for k, v in metrics.items() if not _is_best_tau_key(k)}
+        for rank in self.taxonomy.ranks:
+            tau = float(state["tau"][rank])
+            metrics[N.rank_key("test", N.TAU, rank)] = tau
+            at = _curve_values_at(curves, rank, tau)
+            if "coverage" in at:  # single-label ranks; a multi-label rank's curves are F1 and exact match
+                metrics[N.rank_key("test", N.COVERAGE_AT_TAU, rank)] = at["coverage"]
+                metrics[N.rank_key("test", N.SELECTIVE_ACCURACY_AT_TAU, rank)] = at["selective_accuracy"]
+        dispatch(self.sinks, "on_test", TestResult(self.run_id, self.best["epoch"], metrics, curves))
 
     def started_event(self, start_epoch: int) -> RunStarted:
         """The run's :class:`RunStarted`: resolved config, ordered ranks, reproducibility record, pid."""
@@ -510,8 +689,6 @@ class Trainer:
         val_metrics, curves, val_out = self.evaluate(self.val_ds, split="val")
         metrics = {**train_metrics, **val_metrics,
                    N.EPOCH_SECONDS: seconds, N.TRAIN_SAMPLES_PER_SEC: len(self.train_ds) / seconds}
-        if self.cfg.TRACKING.CURVES == "last_epoch" and epoch != self.cfg.TRAIN.EPOCHS - 1:
-            curves = curves.iloc[0:0]  # best thresholds are still in the metrics
         health = self.health.check_epoch(train_metrics, val_out, self.model)
         for key, fired in self.health.flags().items():
             metrics[f"health/{key}"] = float(fired)
@@ -520,15 +697,28 @@ class Trainer:
     def _batches(self, ds: HierarchicalDataset, batch_size: int, shuffle: bool = False):
         """``(batch on the device, meta (B, M) on the device or None)`` per mini-batch, by tensor indexing
         (the same permutation draw as :meth:`HierarchicalDataset.batches`). Image batches are indexed on
-        the CPU as uint8 and, on CUDA, pinned so the copy overlaps compute."""
+        the CPU as uint8 and, on CUDA, pinned so the copy overlaps compute.
+
+        A streamed image set (:class:`~workbench.streaming.LazyImages`) takes the same road with one change:
+        its pixels come from a DataLoader whose ``DATA.NUM_WORKERS`` processes decode the very batches of
+        ``order`` in turn (so both roads train alike and ``resume`` stays exact); targets, weights and meta
+        are still indexed here."""
         meta = getattr(ds, "meta", None)
         n = len(ds)
         order = torch.randperm(n, generator=self.shuffle_gen) if shuffle else torch.arange(n)
         pin = self.is_image and self.device.type == "cuda"
-        for start in range(0, n, batch_size):
+        starts = range(0, n, batch_size)
+        pixels = None
+        if is_lazy(ds.features):
+            if getattr(self, "_stream", None) is None:  # one pool of decoding workers for every split, kept all run
+                self._stream = StreamLoader(self.cfg.DATA.NUM_WORKERS, pin_memory=pin)
+            pixels = self._stream(ds.features[order[s : s + batch_size]] for s in starts)
+        for start in starts:
             idx = order[start : start + batch_size]
             batch = ds.batch(idx)
-            if pin:
+            if pixels is not None:
+                batch.features = next(pixels)  # decoded (and pinned on CUDA) by the loader
+            elif pin:
                 batch.features = batch.features.pin_memory()
             m = None if meta is None else meta[idx].to(self.device, non_blocking=True)
             yield batch.to(self.device, non_blocking=True), m
@@ -631,17 +821,13 @@ class Trainer:
         return logits, torch.cat(zs)
 
     def predict_classes(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        """``LongTensor (N, R)``: argmax over all ``K_r + 1`` outputs (null is a class the model can
-        predict), except on BCE ranks, whose null column is never trained: there the most probable
-        real class."""
-        cols = [lg[:, 1:].argmax(dim=1) + 1 if r in self.multilabel_ranks else lg.argmax(dim=1)
-                for r, lg in enumerate(logits)]
-        return torch.stack(cols, dim=1)
+        """``LongTensor (N, R)``: the standard prediction (:func:`workbench.decoding.argmax_classes`: argmax
+        over all ``K_r + 1`` outputs, null included, except on BCE ranks: their most probable real class)."""
+        return argmax_classes(logits, self.multilabel_ranks)
 
     def probabilities(self, logits: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Softmax per rank (sigmoid for BCE ranks); marginal log-probs softmax to themselves."""
-        return [torch.sigmoid(lg) if r in self.multilabel_ranks else torch.softmax(lg, dim=1)
-                for r, lg in enumerate(logits)]
+        """Softmax per rank, sigmoid on BCE ranks (:func:`workbench.decoding.rank_probabilities`)."""
+        return rank_probabilities(logits, self.multilabel_ranks)
 
     def evaluate(self, ds: HierarchicalDataset, split: str = "val"):
         """Metrics, threshold curves and raw outputs on ``ds`` (nulls always count here)."""
@@ -665,6 +851,8 @@ class Trainer:
         probs = self.probabilities(logits)
         multilabel = {r: full.multilabel[r] for r in self.multilabel_ranks}
         curves = M.threshold_curves(probs, y, multilabel_targets=multilabel)
+        # top-k, hdist@5, hP/hR/hF, ECE, AUROC, null accuracy (DESIGN.md 3.6); hdist@1 of the same preds
+        metrics.update(M.extended_metrics(probs, y, self.taxonomy, ranks, split, self.multilabel_ranks, preds=preds))
         for r, rank in enumerate(ranks):
             metrics[N.rank_key(split, N.ACC, rank)] = float(rank_acc[r])
             metrics[N.rank_key(split, N.LOSS, rank)] = float(per_rank[r])
@@ -675,6 +863,29 @@ class Trainer:
         frame = M.curves_frame(curves, ranks)
         frame.insert(0, "split", split)
         return metrics, frame, {"preds": preds, "targets": y, "embeddings": z, "valid": full.valid}
+
+
+def _no_best() -> dict:
+    """The selection before any epoch: no selected epoch, no value, no epochs without improvement."""
+    return {"epoch": None, "value": None, "bad_epochs": 0}
+
+
+def _is_best_tau_key(key: str) -> bool:
+    """``<split>/best_tau/<rank>`` or ``<split>/best_tau_<curve>/<rank>``: a threshold chosen on that split."""
+    parts = key.split("/")
+    return len(parts) == 3 and (parts[1] == N.BEST_TAU or parts[1].startswith(N.BEST_TAU + "_"))
+
+
+def _curve_values_at(curves, rank: str, tau: float) -> dict[str, float]:
+    """``{curve: value}`` of one rank's threshold curves (a :meth:`Trainer.evaluate` frame) at the grid point
+    nearest ``tau`` (NaN values for a NaN ``tau``). Val and test curves share one grid, so a val-chosen
+    ``tau`` is a grid point here."""
+    rows = curves[curves["rank"] == rank]
+    if math.isnan(tau) or rows.empty:
+        return {c: float("nan") for c in rows["curve"].unique()}
+    nearest = rows["tau"].iloc[int((rows["tau"] - tau).abs().to_numpy().argmin())]
+    at = rows[rows["tau"] == nearest]
+    return dict(zip(at["curve"], at["value"].astype(float)))
 
 
 def _postfix(metrics) -> dict[str, str]:
