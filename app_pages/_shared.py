@@ -32,7 +32,9 @@ DEFAULT_DATA: dict[str, Any] = {
 DEFAULT_MODEL: dict[str, Any] = {"BACKBONE": "mlp", "HIDDEN": [128, 64], "HEAD": "independent", "DROPOUT": 0.1}
 # DATA.NAMEs whose samples are images (the Train page offers the image backbones for these)
 IMAGE_SOURCES = ("images", "animal_mnist")
-IMAGE_BACKBONES = ("resnet", "timm", "torchvision")  # resnet: plain torch; timm/torchvision: the [vision] extra
+from workbench.names import IMAGE_BACKBONES  # noqa: E402 (one home; offered for image data)
+from workbench.names import SET_SOURCES  # noqa: E402,F401 (one home: built-in set data; DATA.GROUP_BY makes sets too)
+SET_BACKBONES = ("set_attention", "mlp")  # offered for set data; mlp is refused there with the trainer's message
 STATUS_COLOUR = {"queued": "gray", "running": "blue", "finished": "green", "failed": "red", "stopped": "orange"}
 STATUS_ICON = {"queued": ":material/hourglass_top:", "running": ":material/play_arrow:",
                "finished": ":material/check_circle:", "failed": ":material/error:", "stopped": ":material/stop_circle:"}
@@ -137,6 +139,11 @@ def init(key: str, value: Any) -> None:
         st.session_state[key] = value
 
 
+def is_set_data(data: dict) -> bool:
+    """Whether a ``DATA`` section gives sets ``(N, S, F)``: a built-in set dataset, or rows grouped by ``GROUP_BY``."""
+    return data.get("NAME") in SET_SOURCES or bool(data.get("GROUP_BY"))
+
+
 def data_section() -> dict:
     """The ``DATA`` section chosen on the Data page (the default synthetic set until then)."""
     return json.loads(json.dumps(st.session_state.get("data_cfg") or DEFAULT_DATA))
@@ -160,7 +167,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "tr_wandb": False, "tr_wandb_mode": "offline", "tr_wandb_project": "workbench", "tr_name": "",
     "tr_hidden": ", ".join(map(str, DEFAULT_MODEL["HIDDEN"])), "tr_dropout": 0.1, "tr_wd": 1e-4,
     "tr_img_backbone": "resnet", "tr_width": 32, "tr_depth": 1, "tr_arch": "resnet18", "tr_freeze": False,
-    "tr_pretrained": "",
+    "tr_pretrained": "", "tr_set_backbone": "set_attention", "tr_pool": "attention",
 }
 FORM_KEYS = tuple(FORM_DEFAULTS)
 
@@ -234,6 +241,9 @@ def config_to_form(config: dict) -> dict[str, Any]:
         "tr_width": model.get("WIDTH"), "tr_depth": model.get("DEPTH"),
         "tr_arch": model.get("ARCH") or FORM_DEFAULTS["tr_arch"], "tr_freeze": model.get("FREEZE_BACKBONE"),
         "tr_pretrained": model.get("PRETRAINED") or "",
+        # a set run's backbone; other runs leave the set widgets at their defaults (shown for set data only)
+        "tr_set_backbone": "set_attention" if model.get("BACKBONE") == "set_attention" else FORM_DEFAULTS["tr_set_backbone"],
+        "tr_pool": model.get("POOL") or FORM_DEFAULTS["tr_pool"],
     }
     return {k: v for k, v in values.items() if v is not None}
 
@@ -244,7 +254,7 @@ FORM_CONFIG_KEYS = frozenset((
     "TRAIN.LR", "TRAIN.WEIGHT_DECAY", "TRAIN.SEED", "TRAIN.PHASE1_MASK_NULL_LOSS", "SCHEDULE.NULL_MASKING.ENABLED",
     "SCHEDULE.NULL_MASKING.START_PROB", "SCHEDULE.NULL_MASKING.END_PROB", "SCHEDULE.NULL_MASKING.START_EPOCH",
     "SCHEDULE.NULL_MASKING.END_EPOCH", "MODEL.BACKBONE", "MODEL.WIDTH", "MODEL.DEPTH", "MODEL.ARCH",
-    "MODEL.FREEZE_BACKBONE", "MODEL.PRETRAINED",
+    "MODEL.FREEZE_BACKBONE", "MODEL.PRETRAINED", "MODEL.POOL",
 ))
 
 
@@ -258,7 +268,8 @@ def config_not_in_form(config: dict) -> list[str]:
                 if k.split(".")[0] in ("MODEL", "LOSS", "TRAIN", "SCHEDULE") and k not in FORM_CONFIG_KEYS
                 and v != baseline.get(k)]
     backbone = config.get("MODEL", {}).get("BACKBONE", "mlp")
-    if backbone not in ("mlp", *IMAGE_BACKBONES):  # the form offers mlp for tables, IMAGE_BACKBONES for images
+    carried = ("mlp", *IMAGE_BACKBONES, *(SET_BACKBONES if is_set_data(config.get("DATA") or {}) else ()))
+    if backbone not in carried:  # the form offers mlp for tables, IMAGE_BACKBONES for images, set_attention for sets
         left_out.insert(0, f"MODEL.BACKBONE={backbone}")
     return left_out
 
@@ -552,7 +563,8 @@ def describe_data(data: dict) -> str:
         return (f"synthetic: N={s['N']:,}, branching {'-'.join(map(str, s['BRANCHING']))}, "
                 f"null rates {'/'.join(f'{v:g}' for v in s['NULL_RATES'])}")
     if data["NAME"] == "file":
-        return f"file {Path(data['PATH']).name}: ranks {' > '.join(data.get('RANKS') or [])}"
+        grouped = f", sets grouped by {data['GROUP_BY']}" if data.get("GROUP_BY") else ""
+        return f"file {Path(data['PATH']).name}: ranks {' > '.join(data.get('RANKS') or [])}{grouped}"
     if data["NAME"] == "images":
         return f"images {Path(data['PATH']).name}: ranks {' > '.join(data.get('RANKS') or [])}"
     from workbench.data import BUILTIN_RANKS

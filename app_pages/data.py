@@ -26,6 +26,9 @@ BUILTIN_INFO = {
     "animal_mnist": "Animal silhouettes (10,000 real 28x28 grey images, 1,000 per animal): class > order > family "
                     "> animal. Birds are labelled Aves at class only (1,000 real partial labels). Trains with "
                     "the resnet backbone.",
+    "ratdat_sets": "The Portal rodent captures as sets: one sample is the animals of one species caught on one "
+                   "plot in one month (sets of 1 to 20 captures, each with weight, hindfoot length and sex); "
+                   "name taxa > genus > species from the set. Trains with the set_attention backbone.",
 }
 BUILTIN_RANKS = {name: list(ranks) for name, ranks in data_module.BUILTIN_RANKS.items()}  # one home: workbench.data
 SOURCES = ["Built-in", "Upload a file", "Image folder"]
@@ -85,6 +88,11 @@ def builtin_section() -> dict | None:
             st.error("Pick at least one rank.")
             return None
         data["RANKS"] = [r for r in options if r in chosen]
+        if name in sh.SET_SOURCES:
+            sh.init("d_max_set_builtin", int(current.get("MAX_SET_SIZE") or 0) if current["NAME"] == name else 0)
+            cap = st.number_input("Largest set size (0 = no cap)", 0, 10_000, step=1, key="d_max_set_builtin",
+                                  help="DATA.MAX_SET_SIZE: a longer set keeps a seeded subsample of this many elements.")
+            data["MAX_SET_SIZE"] = int(cap) or None
     return data
 
 
@@ -125,6 +133,7 @@ def upload_section() -> dict | None:
         st.session_state["d_feats"] = [c for c in (prev.get("FEATURES") or numeric) if c in numeric]
         st.session_state["d_weight"] = "(none)"
         st.session_state["d_nullvals"] = ""
+        st.session_state["d_group"] = prev.get("GROUP_BY") or "(none)"
     ranks = st.multiselect("Rank columns, coarse to fine (in the order you pick them)", cols, key="d_ranks")
     feature_options = [c for c in cols if c not in ranks]
     st.session_state["d_feats"] = [c for c in st.session_state.get("d_feats", []) if c in feature_options]
@@ -137,14 +146,29 @@ def upload_section() -> dict | None:
     weight = c1.selectbox("Sample weight column (optional)", weight_options, key="d_weight")
     nullvals = c2.text_input("Extra null values (comma-separated)", key="d_nullvals",
                              help="Label strings that mean 'missing', besides empty cells. Default: empty, NaN, sp., unknown.")
+    group_options = ["(none)"] + [c for c in cols if c not in ranks and c != weight]
+    if st.session_state.get("d_group") not in group_options:
+        st.session_state["d_group"] = prev.get("GROUP_BY") if prev.get("GROUP_BY") in group_options else "(none)"
+    sh.init("d_max_set", int(prev.get("MAX_SET_SIZE") or 0))
+    c1, c2 = st.columns(2)
+    group = c1.selectbox("Group rows by column (optional: sets)", group_options, key="d_group",
+                         help="DATA.GROUP_BY: rows sharing a value of this column form one sample, a set (several "
+                              "views of one observation). Their labels must agree. Trains with set_attention.")
+    max_set = c2.number_input("Largest set size (0 = no cap)", 0, 100_000, step=1, key="d_max_set",
+                              disabled=group == "(none)",
+                              help="DATA.MAX_SET_SIZE: a longer group keeps a seeded subsample of this many rows.")
     with st.expander("Preview of the file"):
         st.dataframe(df.head(20), hide_index=True)
     if not ranks:
         st.warning("Pick the rank columns, coarse to fine.")
         return None
-    data = {"NAME": "file", "PATH": str(path), "RANKS": ranks, "FEATURES": [c for c in features if c != weight] or None}
+    data = {"NAME": "file", "PATH": str(path), "RANKS": ranks,
+            "FEATURES": [c for c in features if c not in (weight, group)] or None}
     if weight != "(none)":
         data["SAMPLE_WEIGHT"] = weight
+    if group != "(none)":
+        data["GROUP_BY"] = group
+        data["MAX_SET_SIZE"] = int(max_set) or None
     extra = [v.strip() for v in nullvals.split(",") if v.strip()]
     if extra:
         data["NULL_VALUES"] = ["", "sp.", "unknown", *extra]
@@ -233,8 +257,10 @@ summary = ds.summary_frame()
 st.success(f"The Train page will train on **{sh.md_escape(ds.name)}** ({len(ds):,} samples).", icon=":material/check:")
 
 is_image = ds.is_image
+is_sets = ds.valid is not None  # (N, S) padding mask: each sample is a set of rows
 c1, c2, c3, c4 = st.columns([1, 1, 2.4, 1])
-c1.metric("Samples", f"{len(ds):,}")
+c1.metric("Sets" if is_sets else "Samples", f"{len(ds):,}",
+          help="Each sample is a set: the rows that share a group id." if is_sets else None)
 if is_image:
     _, channels, height, width = ds.features.shape
     c2.metric("Images", f"{channels}×{height}×{width}", help="Channels × height × width, as the model sees them.")
@@ -249,6 +275,15 @@ split_caption, split_notes = sh.split_report(ds, data["VAL_FRACTION"], data["SEE
 st.caption(split_caption)
 for note in split_notes:  # labels equal up to case, skipped files, a split that cannot honour its fraction
     st.warning(sh.md_escape(note), icon=":material/warning:")
+
+if is_sets:
+    sizes = ds.valid.sum(dim=1)  # (N,) real elements per set
+    st.caption(sh.md_escape(
+        f"Sets: {len(ds):,} sets of {int(sizes.min())} to {int(sizes.max())} rows ({int(sizes.sum()):,} rows in all), "
+        f"padded to {ds.valid.shape[1]}; padding never changes a prediction. Train with the set_attention backbone."))
+    if int(getattr(ds, "set_cut", 0) or 0):
+        st.caption(sh.md_escape(f"{ds.set_cut:,} sets were longer than DATA.MAX_SET_SIZE and keep a seeded subsample."))
+    st.plotly_chart(plots.set_size_histogram(ds.valid), key="set_sizes")
 
 tab_tax, tab_counts, tab_ranks, tab_rows = st.tabs(["Taxonomy", "Class counts", "Ranks & nulls", "Rows"])
 with tab_tax:
@@ -290,3 +325,56 @@ with tab_rows:
     for r, rank in enumerate(ds.taxonomy.ranks):
         head[f"{rank} id"] = ds.targets[:10, r].tolist()
     st.dataframe(head, hide_index=True)
+
+
+def embed_section(data: dict, ds) -> None:
+    """Embed (issue 15): a trained image run's frozen backbone over every image of this data, once, into a
+    Parquet file to train on as a table. Runs here, in-process, with a progress bar (an interrupted embed goes
+    on from its finished parts when started again with the same run and file)."""
+    from workbench.config import Config
+    from workbench.embed import EMBED_PREFIX, SPLIT_COLUMN, embed_dataset
+    from workbench.errors import USER_ERRORS
+
+    st.caption(f"Runs a trained image run's backbone, frozen, once over all {len(ds):,} images and writes one row "
+               f"per image: `{EMBED_PREFIX}0..`, the ranks and the split. Train on that file as a table "
+               f"(DATA.FEATURE_PREFIX {EMBED_PREFIX}, DATA.SPLIT_COLUMN {SPLIT_COLUMN}): seconds per epoch instead "
+               "of minutes, so a sweep over w and the null schedule is cheap.")
+    runs = sh.get_store().runs(with_config=True)
+    if len(runs) and "MODEL.BACKBONE" in runs:
+        runs = runs[runs["MODEL.BACKBONE"].isin(sh.IMAGE_BACKBONES) & (runs["status"] != "queued")]
+    labels = {row["id"]: sh.run_label(row) for row in runs.to_dict("records")} if len(runs) else {}
+    other = "Another checkpoint or bundle file..."
+    choice = st.selectbox("Weights from", [*labels, other], key="d_emb_run",
+                          format_func=lambda r: labels.get(r, r),
+                          help="TRAIN.INIT_FROM: an image run of this store (its selected epoch), or a checkpoint / "
+                               "exported bundle file. The run's own model settings build the backbone.")
+    ref = choice
+    if choice == other:
+        ref = st.text_input("Checkpoint or bundle path", key="d_emb_ref", placeholder="runs/export/<run id>.pt").strip()
+    sh.init("d_emb_out", str(sh.store_path().parent / "embeddings" / f"{sh.safe_name(ds.name)}.parquet"))
+    out = st.text_input("Output file (.parquet)", key="d_emb_out").strip()
+    if st.button("Embed", key="d_emb_go", icon=":material/play_arrow:", disabled=not ref or not out):
+        bar = st.progress(0.0, text="Loading the data and the weights...")
+
+        def show(done: int, total: int) -> None:
+            bar.progress(done / max(total, 1), text=f"{done:,} / {total:,} images")
+
+        try:
+            cfg = Config.from_dict({"DATA": data, "TRAIN": {"INIT_FROM": ref},
+                                    "TRACKING": {"STORE": str(sh.store_path())}}, source="Data page")
+            path = embed_dataset(cfg, out, progress=False, on_progress=show)
+        except USER_ERRORS as e:
+            st.session_state.pop("d_emb_done", None)
+            st.error(sh.md_escape(e))
+            return
+        st.session_state["d_emb_done"] = {"data": sh.dataset_key(data), "path": str(path)}
+    last = st.session_state.get("d_emb_done") or {}
+    done = last.get("path") if last.get("data") == sh.dataset_key(data) else None  # this data's file only
+    if done:
+        st.success(f"Embeddings written to {sh.md_escape(done)}", icon=":material/check:")
+        st.code(done, language=None)  # to copy into a config's DATA.PATH (Upload a file reads it too)
+
+
+if is_image:
+    with st.expander("Embed these images with a trained backbone", icon=":material/memory:"):
+        embed_section(data, ds)

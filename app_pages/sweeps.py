@@ -92,7 +92,11 @@ with st.expander("Launch a sweep", expanded=sweeps.empty):
             if end_text.strip():
                 grid["SCHEDULE.NULL_MASKING.END_EPOCH"] = sh.parse_numbers(end_text, float, END_LABEL)
             grid["TRAIN.PHASE1_MASK_NULL_LOSS"] = [True, False] if phase1 == "both" else [phase1 == "true"]
-            config = sh.build_config(data, {}, {}, {"EPOCHS": int(epochs)}, {}, {"STORE": str(store.path)})
+            # the input kind decides the backbone: sets need the set backbone, images the plain-torch ResNet (the
+            # one that trains everywhere; other image backbones: a sweep config from the CLI), tables the MLP
+            model = ({"BACKBONE": "set_attention"} if sh.is_set_data(data)
+                     else {"BACKBONE": "resnet", "HIDDEN": []} if data.get("NAME") in sh.IMAGE_SOURCES else {})
+            config = sh.build_config(data, model, {}, {"EPOCHS": int(epochs)}, {}, {"STORE": str(store.path)})
             sweep_id = launch_sweep(config, grid, seeds=int(seeds), store_path=store.path, max_concurrent=int(concurrent),
                                     address=address.strip() or None, wandb=use_wandb, allow_concurrent=alongside)
         except (ConfigError, LaunchError, ValueError) as e:

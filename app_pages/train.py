@@ -17,9 +17,13 @@ from workbench.launch import (
     stop_run,
 )
 from workbench.masking import NullMaskSchedule
-from workbench.models import VISION_INSTALL
+from workbench.data import DataError
+from workbench.models import VISION_INSTALL, backbone_mismatch
+from workbench.names import SET_POOLS
 from workbench.store import StoreError
+from workbench.taxonomy import TaxonomyError
 
+LIBRARY_ERRORS = (ConfigError, DataError, TaxonomyError)  # what loading a DATA section can raise
 LR_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 BATCH_CHOICES = [32, 64, 128, 256, 512, 1024, 2048]
 for _key, _value in sh.FORM_DEFAULTS.items():
@@ -38,9 +42,14 @@ def is_image_data(data: dict) -> bool:
 
 
 def model_section(data: dict) -> dict:
-    """``MODEL`` from the form: an image backbone for image data, the MLP otherwise."""
+    """``MODEL`` from the form: an image backbone for image data, the set backbone for set data, the MLP otherwise."""
     hidden = sh.parse_numbers(ss.tr_hidden, int, "Hidden layer sizes")
     model = {**sh.DEFAULT_MODEL, "HEAD": ss.tr_head, "HIDDEN": hidden, "DROPOUT": float(ss.tr_dropout)}
+    if sh.is_set_data(data):
+        model["BACKBONE"] = ss.tr_set_backbone
+        if ss.tr_set_backbone == "set_attention":
+            model["POOL"] = ss.tr_pool
+        return model
     if not is_image_data(data):
         return model
     model.update(BACKBONE=ss.tr_img_backbone, FREEZE_BACKBONE=bool(ss.tr_freeze),
@@ -79,9 +88,30 @@ def _launch_and_watch(launch, success) -> None:
     ss.tr_flash = ("success", success(run_id))
 
 
+def set_backbone_refusal(data: dict) -> str | None:
+    """The trainer's own refusal of the chosen set backbone for this set data (mlp on ``(N, S, F)``), or None.
+
+    Shown on the page and raised by Start, so a run that cannot train is never launched."""
+    if not sh.is_set_data(data) or ss.tr_set_backbone == "set_attention":
+        return None
+    try:
+        ds = sh.load_dataset(data)
+    except LIBRARY_ERRORS:  # the Data page shows why the data does not load; the run would fail the same way
+        return None
+    return backbone_mismatch(ss.tr_set_backbone, tuple(ds.features.shape), ds.name)
+
+
+def launch_form_run() -> str:
+    """Launch the form's run; a backbone that cannot train on the data is refused first (:class:`ConfigError`)."""
+    refusal = set_backbone_refusal(sh.data_section())
+    if refusal:
+        raise ConfigError(refusal)
+    return launch_run(form_config(), sh.store_path())
+
+
 def start_run() -> None:
     """``Start`` button: validate, launch, watch the new run."""
-    _launch_and_watch(lambda: launch_run(form_config(), sh.store_path()),
+    _launch_and_watch(launch_form_run,
                       lambda run_id: f"Started run `{run_id}`: training in its own process; the panel below follows it.")
 
 
@@ -112,6 +142,25 @@ BACKBONE_HELP = {
     "timm": "An architecture from timm by name (MODEL.ARCH: resnet18, convnext_tiny, ...).",
     "torchvision": "An architecture from torchvision.models by name (MODEL.ARCH: resnet18, ...).",
 }
+
+
+SET_BACKBONE_HELP = ("set_attention: each element of a set is encoded by the MLP (hidden sizes below), then "
+                     "pooled into one embedding; padding gets zero weight. mlp: one row per sample, so it cannot "
+                     "train on sets (shown only to say why).")
+POOL_HELP = ("attention: a learned score per element, softmax over the set (MODEL.POOL attention). mean: the plain "
+             "mean of the set's real elements (the baseline).")
+
+
+def set_backbone_widgets(data: dict) -> None:
+    """Backbone choice for set data: ``set_attention`` with its pooling; ``mlp`` shows the trainer's refusal."""
+    st.subheader("Set backbone", divider="gray")
+    c1, c2 = st.columns(2)
+    c1.radio("Backbone", list(sh.SET_BACKBONES), key="tr_set_backbone", horizontal=True, help=SET_BACKBONE_HELP)
+    c2.radio("Pooling", list(SET_POOLS), key="tr_pool", horizontal=True, help=POOL_HELP,
+             disabled=ss.tr_set_backbone != "set_attention")
+    refusal = set_backbone_refusal(data)
+    if refusal:
+        st.error(sh.md_escape(refusal), icon=":material/block:")
 
 
 def image_backbone_widgets() -> None:
@@ -161,6 +210,8 @@ with st.container(border=True):
         c4.number_input("Seed", 0, 1_000_000, step=1, key="tr_seed")
         if is_image_data(data):
             image_backbone_widgets()
+        elif sh.is_set_data(data):
+            set_backbone_widgets(data)
         with st.expander("Model, name and tracking"):
             c1, c2, c3 = st.columns(3)
             images = is_image_data(data)  # an image backbone feeds the heads directly: no MLP layers, no dropout
@@ -206,7 +257,7 @@ with st.container(border=True):
 
     c1, c2 = st.columns([1, 4], vertical_alignment="center")
     c1.button("Start run", type="primary", icon=":material/play_arrow:", on_click=start_run, key="tr_start",
-              width="stretch")
+              width="stretch", disabled=set_backbone_refusal(data) is not None)
     with c2.expander("Resolved config (YAML)"):
         try:
             st.code(form_config().to_yaml(), language="yaml")

@@ -13,7 +13,7 @@
 # `species` from weight, hindfoot length, sex, plot type and month. Does the coarse rank rely on the
 # same features as the fine ones?
 #
-# Method: per-rank input-gradient attributions, `d log p(class | x) / d x`, for every validation
+# Method: per-rank input-gradient attributions, `d log p(class | x) / d x`, for every test
 # sample at once: `workbench.attribution.input_gradients` does one backward pass per rank on the
 # summed log-probabilities (each sample's output depends only on its own row, so row `i` of that
 # gradient is sample `i`'s own gradient). We summarise `|gradient × input|` per feature and rank
@@ -23,6 +23,10 @@
 # `taxa` is 98.5 % Rodent among labelled rows, so we train two models: plain cross-entropy and
 # `LOSS.CLASS_WEIGHTS: balanced` (each class weighted by `n / (K * count)`), and ask whether the
 # answer depends on what the coarse head was trained to do.
+#
+# **Select on val, report on test.** Each model keeps its epoch with the best validation partial-chain
+# accuracy (`best.pt`); its accuracy, attributions and permutation importances are measured on ratdat's
+# fixed test split (60 / 20 / 20), which played no part in training or selection.
 
 # %% tags=["parameters"]
 SMOKE = False  # CI: 3,000-row subset, one epoch
@@ -47,7 +51,7 @@ from workbench.attribution import attribution_frame, input_gradients
 from workbench.config import Config
 from workbench.data import load_ratdat
 from workbench.store import RunStore
-from workbench.trainer import Trainer
+from workbench.trainer import Trainer, load_checkpoint
 
 SMOKE = SMOKE or os.environ.get("WORKBENCH_SMOKE") == "1"
 RUNS = Path(os.environ.get("WORKBENCH_LAB_RUNS", "_runs")) / "05_attribution"
@@ -79,8 +83,10 @@ for label, class_weights in MODELS.items():
     })
     trainers[label] = Trainer(cfg, store=store, dataset=ds, progress=False)
     trainers[label].fit()
-val = trainers["plain CE"].val_ds  # the split depends on DATA only: the same for both
-x, y = val.features, val.targets  # (N, F), (N, R)
+    # the selected epoch's weights (after fit the trainer holds the last epoch's)
+    trainers[label].model.load_state_dict(load_checkpoint(trainers[label].best_path, ("model",))["model"])
+test_ds = trainers["plain CE"].test_ds  # the split depends on DATA only: the same for both
+x, y = test_ds.features, test_ds.targets  # (N, F), (N, R)
 keep = y != 0  # (N, R): a null target has no class to attribute
 
 
@@ -138,21 +144,21 @@ print(f"{len(x)} samples x {len(ranks)} ranks in {batched_s:.2f} s "
 # %% [markdown]
 # ## Attributions per rank
 #
-# Share of mean `|gradient × input|` per feature within each rank (labelled validation samples,
+# Share of mean `|gradient × input|` per feature within each rank (labelled test samples,
 # true class), for both models:
 
 # %%
 GROUPS = {"weight": ["weight"], "hindfoot length": ["hindfoot_length"],
           "not measured": ["weight_missing", "hindfoot_length_missing", "sex_missing"],
           "sex (M/F)": ["sex_F", "sex_M"],
-          "plot type": [f for f in val.feature_names if f.startswith("plot_type_")],
+          "plot type": [f for f in test_ds.feature_names if f.startswith("plot_type_")],
           "month": ["month_sin", "month_cos"]}
-assert sorted(sum(GROUPS.values(), [])) == sorted(val.feature_names)
+assert sorted(sum(GROUPS.values(), [])) == sorted(test_ds.feature_names)
 group_of = {f: g for g, fs in GROUPS.items() for f in fs}
 all_grads, share, group_share = {}, {}, {}
 for label, t in trainers.items():
     all_grads[label] = input_gradients(t.model, x, y)  # (R, N, F)
-    attr = attribution_frame(all_grads[label], x, val.feature_names, ranks, keep=keep)
+    attr = attribution_frame(all_grads[label], x, test_ds.feature_names, ranks, keep=keep)
     share[label] = attr.pivot(index="feature", columns="rank", values="share")[ranks]
     group_share[label] = share[label].groupby(group_of).sum().loc[list(GROUPS)]
 features_table = pd.concat(share, axis=1)
@@ -175,7 +181,7 @@ for col, label in enumerate(trainers, start=1):
                              showlegend=col == 1, marker_color=plots.PALETTE[i]), row=1, col=col)
 fig.update_yaxes(title_text="share of |gradient × input| within rank", row=1, col=1)
 fig.update_layout(template="plotly_white", barmode="group", height=460, width=1100,
-                  title="What drives each rank: attribution share per feature group (true class, labelled validation samples)")
+                  title="What drives each rank: attribution share per feature group (true class, labelled test samples)")
 if not SMOKE:  # key figure -> docs/lab_05.png (python lab/run.py 05 --png)
     fig.write_html(RUNS / "lab_05.html", include_plotlyjs=True, config={"displayModeBar": False})
 fig.show()
@@ -192,7 +198,7 @@ for label in trainers:
     for c in range(1, ds.taxonomy.num_classes[0]):
         rows_c = y[:, 0] == c
         if rows_c.any():
-            frame = attribution_frame(all_grads[label][:1, rows_c], x[rows_c], val.feature_names, ranks[:1])
+            frame = attribution_frame(all_grads[label][:1, rows_c], x[rows_c], test_ds.feature_names, ranks[:1])
             by_class[label, f"{ds.taxonomy.vocab[0][c]} (n={int(rows_c.sum())})"] = (
                 frame.set_index("feature")["share"].groupby(group_of).sum().loc[list(GROUPS)])
 pd.DataFrame(by_class).round(3)
@@ -200,7 +206,7 @@ pd.DataFrame(by_class).round(3)
 # %% [markdown]
 # ## Cross-check: permutation importance per rank
 #
-# Shuffle one feature group across validation rows (the group's columns together, breaking their
+# Shuffle one feature group across test rows (the group's columns together, breaking their
 # link to the labels while keeping their joint distribution) and measure the drop in **balanced
 # accuracy** (mean recall over the classes present, labelled samples only; plain accuracy would hide
 # the rare taxa) at each rank. A group the gradients call important should cost accuracy when
@@ -215,7 +221,7 @@ for label, t in trainers.items():
     base_score = torch.tensor(balanced_accuracy(predict(t.model, x), y))
     rows = []
     for group, feats in GROUPS.items():
-        cols = [val.feature_names.index(f) for f in feats]
+        cols = [test_ds.feature_names.index(f) for f in feats]
         drops = []
         for _ in range(1 if SMOKE else 5):
             xp = x.clone()
@@ -237,29 +243,34 @@ agree
 # %% [markdown]
 # ## What the full run found
 #
-# Full run: all 35,549 rows (7,109 validation), 8 epochs per model (about 2.5 minutes for both).
+# Full run: all 35,549 rows in ratdat's fixed split (21,331 train / 7,109 validation / 7,109 test),
+# 8 epochs per model, each with its epoch selected on validation (about 5 minutes for both on a busy
+# machine). Every number is on the test split. The old report (validation, final epoch, 80 / 20
+# split) reached the same conclusions; its numbers differ from these by up to 0.06.
 #
-# - **The two models.** Plain CE: accuracy taxa 0.979 / genus 0.857 / species 0.753, but balanced
-#   accuracy at taxa 0.249, i.e. a majority-class predictor (every non-rodent missed). Balanced
-#   class weights: accuracy 0.963 / 0.792 / 0.585, balanced accuracy 0.617 / 0.459 / 0.361 (taxa,
-#   genus, species): it trades plain accuracy for recognising rare classes at every rank.
-# - **Batched gradients:** all 7,109 samples × 3 ranks in 0.5-0.6 s (72-85 µs per sample) against
-#   770-980 µs per sample for a per-sample loop (two runs on a busy machine), with identical values.
+# - **The two models.** Plain CE: accuracy taxa 0.981 / genus 0.862 / species 0.761, but balanced
+#   accuracy at taxa 0.301, close to a majority-class predictor (most non-rodents missed; the old run's
+#   0.249 missed every one). Balanced class weights: accuracy 0.965 / 0.784 / 0.612, balanced accuracy
+#   0.604 / 0.432 / 0.336 (taxa, genus, species): it trades plain accuracy for recognising rare classes
+#   at every rank.
+# - **Batched gradients:** all 7,109 samples × 3 ranks in 0.26 s (37 µs per sample) against 1,607 µs
+#   per sample for a per-sample loop (a busy machine), with identical values.
 # - **Coarse and fine ranks use different inputs.** Genus and species rest on the measured values:
-#   weight and hindfoot length carry 0.31-0.33 of the attribution each (plain CE; 0.20-0.37 with
-#   balanced weights), and shuffling them costs 0.18-0.25 balanced accuracy; sex, plot type and month
-#   matter little (drops ≤ 0.07). Taxa rests on *whether* an animal was measured: the three
-#   "not measured" indicators carry 0.57 (plain) / 0.59 (balanced) of its attribution and the
-#   measured values almost none (≤ 0.007), with plot type (0.27 / 0.16) and month (0.16 / 0.21)
+#   weight and hindfoot length carry 0.29-0.34 of the attribution each (plain CE; 0.21-0.31 with
+#   balanced weights), and shuffling them costs 0.15-0.25 balanced accuracy; sex, plot type and month
+#   matter little (drops ≤ 0.09). Taxa rests on *whether* an animal was measured: the three
+#   "not measured" indicators carry 0.54 (plain) / 0.65 (balanced) of its attribution and the
+#   measured values almost none (≤ 0.009), with plot type (0.28 / 0.13) and month (0.17 / 0.16)
 #   next. In ratdat only rodents are weighed, measured and sexed, so the coarse rank is learned from
 #   a data-collection artefact, not from the animals. Among the non-rodents (balanced model), month is
-#   the largest share (Bird 0.50, Rabbit 0.63, Reptile 0.40): season separates the rare taxa.
+#   the largest share (Bird 0.47, Rabbit 0.56, Reptile 0.41; only 2 reptiles in test): season separates
+#   the rare taxa.
 # - **Gradients and permutation agree only where the model decides something.** With balanced
-#   weights both measures put "not measured" first for taxa (balanced-accuracy drop 0.35, then month
-#   0.13) and rank the six groups similarly (rank correlation 0.6); at genus and species both put the
-#   two measurements on top (correlation 0.43-0.54 over all six groups). For the plain-CE taxa head
-#   every shuffle costs ≤ 0.001 balanced accuracy (it always answers Rodent) and the correlation is
-#   -0.14: its gradients describe what moves the *confidence* of a decision that never changes.
+#   weights both measures put "not measured" first for taxa (balanced-accuracy drop 0.32, then month
+#   0.08) and rank the six groups similarly (rank correlation 0.6); at genus and species both put the
+#   measurements on top (correlation 0.49-0.6 over all six groups). For the plain-CE taxa head every
+#   shuffle costs ≤ 0.05 balanced accuracy (it answers Rodent for almost everything) and the correlation
+#   is -0.09: its gradients describe what moves the *confidence* of a decision that rarely changes.
 #   Check a rank's balanced accuracy before reading its attributions.
 # - `|gradient × input|` is 0 wherever the input is 0, and missing measurements are imputed to 0
 #   (the mean), so for never-measured animals only the indicators, plot type and month can receive

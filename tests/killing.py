@@ -50,3 +50,18 @@ def resume(store_path: Path, run_id: str, timeout_s: float = 300) -> subprocess.
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return res
+
+
+def kill_mid_run_then_resume(config_path: Path, store_path: Path, run_id: str, epochs: int, settle_s: float,
+                             metric: str) -> None:
+    """SIGKILL a CLI run of ``epochs`` epochs mid-run (after 2 epochs, ``settle_s`` into the next), resume it,
+    and assert it finished with every epoch recorded exactly once (one ``metric`` row per epoch)."""
+    killed = train_then_sigkill(config_path, store_path, run_id, settle_s=settle_s)  # into the next epoch's batches
+    assert killed["status"] == "running" and 2 <= killed["epochs_done"] < epochs, "the kill landed mid-run"
+    resume(store_path, run_id)
+    store = RunStore(store_path)
+    run = store.run(run_id)
+    assert run["status"] == "finished" and run["epochs_done"] == epochs
+    hist = store.metrics(run_id)
+    per_epoch = hist[hist["key"] == metric].groupby("epoch").size()
+    assert list(per_epoch.index) == list(range(epochs)) and (per_epoch == 1).all(), per_epoch.to_dict()

@@ -359,7 +359,7 @@ def _good(tmp_path, db):
 # (id, argv given the paths, exit code, expected last stderr line)
 CLI_CASES = [
     ("unknown-subcommand", lambda c: ["fly"],
-     "python -m workbench: error: argument command: invalid choice: 'fly' (choose from 'train', 'resume', 'runs', 'predict', 'export', 'sweep')"),
+     "python -m workbench: error: argument command: invalid choice: 'fly' (choose from 'train', 'resume', 'runs', 'predict', 'export', 'embed', 'sweep')"),
     ("no-subcommand", lambda c: [], "python -m workbench: error: the following arguments are required: command"),
     ("missing-config", lambda c: ["train"],
      "python -m workbench train: error: the following arguments are required: --config"),

@@ -22,6 +22,7 @@ EXPECTED = {  # a line each script prints with its result table
     "bench_app.py": "Runs page",
     "bench_cli.py": "x torch import",
     "bench_images.py": "trainer / bare",
+    "bench_embeddings.py": "wall-time ratio images / embeddings",
 }
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from killing import resume, train_then_sigkill
+from killing import kill_mid_run_then_resume
 
 from workbench.config import Config, ConfigError
 from workbench.data import HierarchicalDataset
@@ -256,17 +256,9 @@ def test_sigkill_mid_image_run_then_resume_has_every_epoch_once(tmp_path):
     })
     path = tmp_path / "cfg.yaml"
     cfg.save(path)
-    store_path = Path(cfg.TRACKING.STORE)
-    rid = "killed-image-run"
-    killed = train_then_sigkill(path, store_path, rid, settle_s=0.1)  # into the next epoch's batches
-    assert killed["status"] == "running" and 2 <= killed["epochs_done"] < epochs, "the kill landed mid-run"
-    resume(store_path, rid)
-    store = RunStore(store_path)
-    run = store.run(rid)
-    assert run["status"] == "finished" and run["epochs_done"] == epochs
-    hist = store.metrics(rid)
-    per_epoch = hist[hist["key"] == "val/acc/quad"].groupby("epoch").size()
-    assert list(per_epoch.index) == list(range(epochs)) and (per_epoch == 1).all(), per_epoch.to_dict()
+    kill_mid_run_then_resume(path, Path(cfg.TRACKING.STORE),
+                             "killed-image-run", epochs, settle_s=0.1,
+                             metric="val/acc/quad")
 
 
 # ---------------------------------------------------------------------- CLI smoke on the built-in set

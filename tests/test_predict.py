@@ -300,7 +300,7 @@ def test_a_run_without_best_pt_falls_back_to_its_last_checkpoint_with_a_note(db)
     (store.run_folder(RUN) / N.BEST_CHECKPOINT_NAME).unlink()
     frame = run_predictions(store, RUN, "val")
     last = store.last_epoch(RUN)
-    assert frame.attrs["epoch"] == last and frame.attrs["weights"].startswith(f"checkpoint.pt: epoch {last + 1} (counting from 1), ")
+    assert frame.attrs["epoch"] == last and frame.attrs["weights"].startswith(f"checkpoint.pt: epoch {last + 1}, ")
     stored = _stored(db, RUN, "val", last)
     assert frame.attrs["tau"] == {rank: pytest.approx(stored[N.best_tau(rank)]) for rank in RANKS}
     assert accuracy_summary(frame, RANKS)["genus"] == pytest.approx(stored["val/acc/genus"], abs=1e-6)

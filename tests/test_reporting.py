@@ -96,7 +96,7 @@ def test_train_result_lines_print_the_test_numbers_at_the_selected_epoch(tmp_pat
     write_run(store, "tested", test=make_test_record(0.7, chain=0.61))
     cli._print_result(store, "tested", list(RANKS))
     out = capsys.readouterr().out
-    assert f"test at epoch 1 (0-based; selected on val by {SELECT_BY_DEFAULT} 0.8000)" in out
+    assert f"test at epoch 2 (selected on val by {SELECT_BY_DEFAULT} 0.8000)" in out
     assert "test chain acc 0.6100   test partial-chain acc 0.7000" in out
     assert "test acc per rank: region 0.7000, area 0.7200" in out
     write_run(store, "no-test")

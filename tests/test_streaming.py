@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from killing import resume, train_then_sigkill
+from killing import kill_mid_run_then_resume
 from test_models_images import write_tree
 
 from workbench import augment
@@ -21,7 +21,6 @@ from workbench.config import Config, ConfigError, DataConfig
 from workbench.data import DataError, DataWarning, dataset_hash, load_dataset
 from workbench.images import load_image_folder, load_image_manifest
 from workbench.plots import thumbnail_grid
-from workbench.store import RunStore
 from workbench.streaming import STATS_NOTE, LazyImages, StreamLoader, is_lazy
 from workbench.trainer import Trainer
 
@@ -232,14 +231,6 @@ def test_sigkill_mid_streamed_run_then_resume_has_every_epoch_once(tree, tmp_pat
     cfg = cfg_for(tree, tmp_path, **{"DATA.STREAM": True, "DATA.NUM_WORKERS": 2, "TRAIN.EPOCHS": epochs})
     path = tmp_path / "cfg.yaml"
     cfg.save(path)
-    store_path = Path(cfg.TRACKING.STORE)
-    rid = "killed-stream-run"
-    killed = train_then_sigkill(path, store_path, rid, settle_s=0.05)  # into the next epoch's batches
-    assert killed["status"] == "running" and 2 <= killed["epochs_done"] < epochs, "the kill landed mid-run"
-    resume(store_path, rid)
-    store = RunStore(store_path)
-    run = store.run(rid)
-    assert run["status"] == "finished" and run["epochs_done"] == epochs
-    hist = store.metrics(rid)
-    per_epoch = hist[hist["key"] == "val/acc/quad"].groupby("epoch").size()
-    assert list(per_epoch.index) == list(range(epochs)) and (per_epoch == 1).all(), per_epoch.to_dict()
+    kill_mid_run_then_resume(path, Path(cfg.TRACKING.STORE),
+                             "killed-stream-run", epochs, settle_s=0.05,
+                             metric="val/acc/quad")

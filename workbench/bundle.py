@@ -75,13 +75,13 @@ def run_bundle(store, run_id: str, dataset=None) -> dict:
     last = store.checkpoint_path(run_id)
     if best.is_file():
         state = load_checkpoint(best, BEST_KEYS)
-        weights = f"best.pt: epoch {int(state['epoch']) + 1} (counting from 1), selected by {state['select_by']}"
+        weights = f"best.pt: epoch {int(state['epoch']) + 1}, selected by {state['select_by']}"
         spec = input_spec(state["feature_names"], state["input_shape"], state["meta_names"])
         tau = {str(k): float(v) for k, v in state["tau"].items()}
         select_by, select_value = state["select_by"], state["select_value"]
     elif last.is_file():
         state = load_checkpoint(last, ("epoch", "model", "config", "taxonomy"))
-        weights = (f"checkpoint.pt: epoch {int(state['epoch']) + 1} (counting from 1), the last one trained (this run has no "
+        weights = (f"checkpoint.pt: epoch {int(state['epoch']) + 1}, the last one trained (this run has no "
                    f"{N.BEST_CHECKPOINT_NAME}: it was trained before the best epoch was kept)")
         if dataset is None:
             from workbench.config import Config

@@ -1,4 +1,4 @@
-"""``python -m workbench``: train, resume, runs, predict, export, sweep. Errors print one clear line, never a traceback.
+"""``python -m workbench``: train, resume, runs, predict, export, embed, sweep. Errors print one clear line, never a traceback.
 
 Only the standard library and :mod:`workbench.errors` / :mod:`workbench.names` are imported at the top:
 ``--help``, ``runs`` and a config error answer without importing torch, Ray, W&B or Streamlit (each
@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("run_id", help="the run to export (its selected epoch: best.pt)")
     ex.add_argument("--store", default=DEFAULT_STORE, help="the run store (only read)")
     ex.add_argument("--out", required=True, help="a .pt file, or a folder (then <folder>/<run id>.pt)")
+    em = sub.add_parser("embed", help="run a frozen image backbone once over image data: one row of embeddings per "
+                        "image (emb_0..), its ranks, group and split, in a Parquet file to train on")
+    em.add_argument("--config", required=True, help="YAML config: image DATA, and TRAIN.INIT_FROM (a trained image "
+                    "run, checkpoint or bundle) or MODEL.PRETRAINED (local weights for MODEL.BACKBONE)")
+    em.add_argument("--out", required=True, help="the embeddings file (.parquet); unfinished work is kept in "
+                    "<out>.parts/ and a rerun goes on from there")
+    em.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. DATA.IMAGE_SIZE=64")
+    em.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: the trainer's evaluation batch for images)")
+    em.add_argument("--no-progress", action="store_true", help="no progress bar")
     # `sweep` has its own parser (workbench.sweep_cli): main() hands it the rest of the command line
     sub.add_parser("sweep", help="a Ray Tune sweep over w and the null-masking schedule (see `sweep --help`)",
                    add_help=False)
@@ -255,6 +264,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from workbench.config import Config
+
+    cfg = Config.load(args.config, args.set)
+
+    # torch: only once the config is known to be good
+    from workbench.embed import EMBED_PREFIX, GROUP_COLUMN, SPLIT_COLUMN, check_out_path, run_embedding
+
+    check_out_path(args.out)  # a folder or a wrong suffix fails before the data and weights are loaded
+    report = run_embedding(cfg, args.out, progress=not args.no_progress, batch_size=args.batch_size)
+    resumed = f"; {report.reused_parts} of {report.parts} parts reused from an interrupted run" if report.reused_parts else ""
+    print(f"embedded {report.rows} images into {report.dim} dimensions with {report.weights} in "
+          f"{report.seconds:.1f} s{resumed} -> {report.path}")
+    print(f"  train on it with DATA.NAME: file, DATA.PATH: {report.path}, DATA.FEATURE_PREFIX: {EMBED_PREFIX}, "
+          f"DATA.RANKS: {report.ranks}, DATA.SPLIT_COLUMN: {SPLIT_COLUMN}"
+          + (f", DATA.GROUP_BY: {GROUP_COLUMN}" if report.grouped else ""))
+    return 0
+
+
 def _print_result(store, run_id: str, ranks) -> None:
     """After ``train`` / ``resume``: the last epoch's val numbers, then the test numbers at the epoch
     selected on val (or why there are none), then the health warnings."""
@@ -275,7 +303,8 @@ def _print_result(store, run_id: str, ranks) -> None:
         select_by = (run["config"].get("TRAIN") or {}).get("SELECT_BY") or SELECT_BY_DEFAULT
         chosen = long[(long["epoch"] == epoch) & (long["key"] == select_by)]["value"]
         by = f"{select_by} {chosen.iloc[0]:.4f}" if len(chosen) else select_by
-        print(f"  test at epoch {epoch} (0-based; selected on val by {by}):")
+        # epochs read by people count from 1, as the dashboard shows them (the store's column is 0-based)
+        print(f"  test at epoch {epoch + 1} (selected on val by {by}):")
         print(f"    test chain acc {_num(values.get(TEST_CHAIN_ACC))}   "
               f"test partial-chain acc {_num(values.get(TEST_PARTIAL_CHAIN_ACC))}")
         print("    test acc per rank: " + ", ".join(f"{r} {_num(values.get(rank_key('test', ACC, r)))}" for r in ranks))
@@ -320,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return sweep_main(argv[1:])
     args = _parser().parse_args(argv)
     commands = {"train": cmd_train, "resume": cmd_resume, "runs": cmd_runs, "predict": cmd_predict,
-                "export": cmd_export}
+                "export": cmd_export, "embed": cmd_embed}
     try:
         with warnings.catch_warnings():  # restores Python's own display afterwards
             warnings.showwarning = _show_warning

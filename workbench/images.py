@@ -467,3 +467,14 @@ __all__ = [
     "ANIMAL_MNIST_TAXONOMY", "ANIMAL_MNIST_LABELS", "decode_images", "load_animal_mnist",
     "load_image_folder", "load_image_manifest", "load_from_config",
 ]
+
+
+def fit_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """``uint8 (N, C, H, W)`` with the model's channel count: grey images repeated to RGB, or RGB to grey by
+    ITU-R 601-2 luma (Pillow's ``convert("L")``), so the same photo scores the same either way."""
+    if pixels.shape[1] == channels:
+        return pixels
+    if channels == 3:
+        return pixels.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
+    return (pixels.float() * weights).sum(dim=1, keepdim=True).round().clamp(0, 255).to(torch.uint8)

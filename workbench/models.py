@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, DataError
+from workbench.names import SET_POOLS
 from workbench.taxonomy import Taxonomy
 
 
@@ -33,22 +34,30 @@ class MLPBackbone(nn.Module):
 
 
 class SetAttentionBackbone(nn.Module):
-    """Attention pooling over a padded set: ``(B, S, F)`` and ``valid (B, S)`` -> ``(B, H)``.
+    """Pooling over a padded set: ``(B, S, F)`` and ``valid (B, S)`` -> ``(B, H)``.
 
-    ``valid`` is True for real elements; padding gets zero attention weight, so padding never
+    Each element is encoded by an MLP, then pooled: ``pool="attention"`` (a learned score per element,
+    softmax over the set) or ``pool="mean"`` (the plain mean of the real elements, the baseline).
+    ``valid`` is True for real elements; padding gets zero weight in both, so padding never
     changes the output. A row with no valid element pools to zeros (finite, not NaN).
     """
 
-    def __init__(self, num_features: int, hidden: Sequence[int], dropout: float = 0.0):
+    def __init__(self, num_features: int, hidden: Sequence[int], dropout: float = 0.0, pool: str = "attention"):
         super().__init__()
+        if pool not in SET_POOLS:
+            raise ValueError(f"`MODEL.POOL` must be one of {list(SET_POOLS)}, got {pool!r}")
         self.encode = _mlp([num_features, *hidden], dropout)
         self.out_dim = hidden[-1]
-        self.score = nn.Linear(self.out_dim, 1)
+        self.pool = pool
+        self.score = nn.Linear(self.out_dim, 1) if pool == "attention" else None
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         h = self.encode(x)  # (B, S, H)
         if valid is None:
             valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        if self.score is None:  # mean pooling: the real elements' mean; an empty set gives 0 / 1 = zeros
+            counts = valid.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, 1)
+            return (h * valid.unsqueeze(-1).to(h.dtype)).sum(dim=1) / counts  # (B, H)
         scores = self.score(h).squeeze(-1).masked_fill(~valid, float("-inf"))  # (B, S)
         any_valid = valid.any(dim=1, keepdim=True)  # (B, 1)
         # an all-padding row would softmax to NaN: give it zero weights instead
@@ -214,6 +223,24 @@ class ImageInput(nn.Module):
         return (x - self.mean[:, None, None].to(x.dtype)) / self.std[:, None, None].to(x.dtype)
 
 
+def check_valid_mask(features: torch.Tensor, valid: torch.Tensor) -> None:
+    """Assert the padding mask's polarity contract where data enters the model (DESIGN.md section 2).
+
+    ``valid`` must be ``BoolTensor (B, S)`` matching ``features (B, S, F)``, True = real element. A float or
+    integer 0/1 mask is refused rather than cast: it is the usual sign of a mask built with the other
+    polarity (1 = padding) or of a key-padding mask from another library. Cheap: dtype and shape only, no
+    host sync (an inverted *bool* mask cannot be told from a real one here; the ``empty_sets`` health check
+    catches its usual symptom, sets with no real element).
+    """
+    if valid.dtype != torch.bool:
+        raise DataError(f"the set padding mask `valid` must be a bool tensor (True = real element), got dtype "
+                        f"{valid.dtype}; build it as `counts[:, None] > torch.arange(S)`, not as a 0/1 or "
+                        f"True = padding mask")
+    if features.dim() != 3 or tuple(valid.shape) != tuple(features.shape[:2]):
+        raise DataError(f"the set padding mask `valid` must have shape (B, S) = features.shape[:2] for features "
+                        f"(B, S, F); got valid {tuple(valid.shape)} for features {tuple(features.shape)}")
+
+
 class HierarchicalModel(nn.Module):
     """Input stage + backbone + head. ``forward(features, valid=None, meta=None) -> R x (B, K_r + 1)``.
 
@@ -229,7 +256,10 @@ class HierarchicalModel(nn.Module):
 
     def embed(self, features: torch.Tensor, valid: torch.Tensor | None = None,
               meta: torch.Tensor | None = None) -> torch.Tensor:
-        """The embedding the heads see ``(B, H [+ M])``."""
+        """The embedding the heads see ``(B, H [+ M])``. ``valid (B, S)`` (sets only) must be a bool mask,
+        True = real element; anything else is a :class:`DataError` here, where data enters the model."""
+        if valid is not None:
+            check_valid_mask(features, valid)
         x = features if self.input is None else self.input(features)
         z = self.backbone(x, valid)
         if self.meta_dim:
@@ -248,7 +278,29 @@ class HierarchicalModel(nn.Module):
         return self.head(z), z
 
 
-IMAGE_BACKBONES = ("resnet", "timm", "torchvision")
+from workbench.names import IMAGE_BACKBONES  # noqa: E402 (one home: names.py)
+
+
+def backbone_mismatch(backbone: str, shape: tuple[int, ...], name: str) -> str | None:
+    """Why ``MODEL.BACKBONE`` cannot train on features of ``shape`` (the data ``name``), or None when it can.
+
+    The one wording of this refusal: the trainer raises it as a ``ConfigError``, and the Train page
+    shows it before launching (an mlp on set data, set_attention on a table).
+    """
+    if backbone in IMAGE_BACKBONES or len(shape) == 4:
+        if backbone not in IMAGE_BACKBONES or len(shape) != 4:
+            needs = "images, features (N, C, H, W)" if backbone in IMAGE_BACKBONES else "features (N, F) or (N, S, F)"
+            return (f"`MODEL.BACKBONE` {backbone!r} needs {needs}; the data {name!r} has features of shape {shape}"
+                    + ("; use 'resnet', 'timm' or 'torchvision'" if len(shape) == 4 else "; use 'mlp' or 'set_attention'"))
+        return None
+    want = 3 if backbone == "set_attention" else 2
+    if len(shape) != want:
+        needs = "padded sets, features (N, S, F) with a valid mask" if want == 3 else "features (N, F), one row per sample"
+        return (f"`MODEL.BACKBONE` {backbone!r} needs {needs}; the data {name!r} has features of shape {shape}"
+                + ("; use 'set_attention'" if want == 2 else "; use 'mlp'"))
+    return None
+
+
 PRETRAINED_SUFFIXES = (".safetensors", ".pt", ".pth")
 SHOWN_KEYS = 12  # keys listed per kind (missing, unexpected, wrong shape) in a MODEL.PRETRAINED error
 
@@ -256,12 +308,12 @@ SHOWN_KEYS = 12  # keys listed per kind (missing, unexpected, wrong shape) in a 
 def build_model(
     backbone: str, hidden: Sequence[int], head: str, num_features: int, taxonomy: Taxonomy, dropout: float = 0.0,
     *, input_shape: Sequence[int] | None = None, width: int = 32, depth: int = 1, arch: str | None = None,
-    meta_dim: int = 0,
+    meta_dim: int = 0, pool: str = "attention",
 ) -> HierarchicalModel:
     """A model from the ``MODEL`` config section's values.
 
     Image backbones need ``input_shape = (C, H, W)``; ``meta_dim`` metadata columns are fused with the
-    image embedding before the heads.
+    image embedding before the heads; ``pool`` is ``set_attention``'s pooling (``MODEL.POOL``).
     """
     backbones = {"mlp": MLPBackbone, "set_attention": SetAttentionBackbone}
     heads = {"independent": IndependentHeads, "marginal": MarginalHead}
@@ -270,7 +322,8 @@ def build_model(
     if head not in heads:
         raise ValueError(f"`MODEL.HEAD` must be one of {sorted(heads)}, got {head!r}")
     if backbone not in IMAGE_BACKBONES:
-        body = backbones[backbone](num_features, list(hidden), dropout)
+        extra = {"pool": pool} if backbone == "set_attention" else {}
+        body = backbones[backbone](num_features, list(hidden), dropout, **extra)
         return HierarchicalModel(body, heads[head](body.out_dim, taxonomy))
     if input_shape is None or len(input_shape) != 3:
         raise ValueError(f"`MODEL.BACKBONE` {backbone!r} needs input_shape (C, H, W), got {input_shape}")

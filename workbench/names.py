@@ -119,6 +119,9 @@ def direction(key: str) -> str:
     return "min" if words & _MIN_WORDS or any(p in name for p in _MIN_PHRASES) else "max"
 
 
+# MODEL.BACKBONE values by input kind (the models module builds them; the app offers them without importing torch)
+IMAGE_BACKBONES = ("resnet", "timm", "torchvision")  # resnet: plain torch; timm/torchvision: the [vision] extra
+
 # Config keys that change how fast a run goes or where its files live, never its results: two runs that
 # differ only in these are the same experiment (sweep reuse checks, "what varies" in comparisons).
 RESULT_NEUTRAL_KEYS = ("TRAIN.NUM_THREADS", "TRAIN.DEVICE", "DATA.STREAM", "DATA.NUM_WORKERS", "DATA.STREAM_ABOVE_MB",
@@ -169,3 +172,11 @@ def log_file(store_path, run_id: str) -> Path:
 def wandb_dir_for(store_path, configured: str | None = None) -> str:
     """The W&B folder: ``TRACKING.WANDB.DIR`` when set, else the store's folder."""
     return configured or str(store_dir(store_path))
+
+
+# ---------------------------------------------------------------------- data
+SET_SOURCES = ("ratdat_sets",)  # built-in set data (DATA.NAME): grouped by its source; DATA.MAX_SET_SIZE applies
+
+
+# ---------------------------------------------------------------------- models
+SET_POOLS = ("attention", "mean")  # MODEL.POOL of set_attention: learned attention weights, or the plain mean

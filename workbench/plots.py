@@ -564,6 +564,23 @@ def class_count_bars(counts: pd.DataFrame, rank: str, log_x: bool = False, top: 
     return fig
 
 
+def set_size_histogram(valid) -> go.Figure:
+    """Sets per size (real elements per set) for a set dataset's ``valid (N, S)`` mask (True = real element).
+
+    One bar per size from 0 to the padded width ``S``, so a size with no set shows as a gap and sets with
+    no real element (size 0, what an inverted mask gives) are visible at once.
+    """
+    mask = np.asarray(valid, dtype=bool)  # (N, S); a torch tensor converts without a copy
+    sizes, width = mask.sum(axis=1), mask.shape[1]  # (N,)
+    counts = np.bincount(sizes.astype(np.int64), minlength=width + 1)  # (S + 1,) sets of size 0..S
+    fig = go.Figure(go.Bar(x=list(range(len(counts))), y=counts.tolist(), marker_color=CHAIN_COLOUR,
+                           hovertemplate="%{y:,} sets of %{x} element(s)<extra></extra>"))
+    _layout(fig, f"Set sizes ({len(sizes):,} sets, padded to {width})", "elements per set", "sets")
+    fig.update_layout(hovermode="closest", showlegend=False, bargap=0.1)
+    fig.update_xaxes(dtick=1 if width <= 30 else None)
+    return fig
+
+
 THUMBS_PER_CLASS = 8  # images per class row in :func:`thumbnail_grid`
 THUMB_MAX_CLASSES = 30  # class rows shown at most (the largest classes; the title says how many were left out)
 THUMB_GUTTER_PX = 2  # white gap between thumbnails, in source pixels

@@ -157,7 +157,7 @@ class Predictor:
         shape = tuple(spec["input_shape"])
         m = cfg.MODEL
         model = build_model(m.BACKBONE, m.HIDDEN, m.HEAD, shape[-1], taxonomy, m.DROPOUT, input_shape=shape,
-                            width=m.WIDTH, depth=m.DEPTH, arch=m.ARCH, meta_dim=len(spec["meta_names"]))
+                            width=m.WIDTH, depth=m.DEPTH, arch=m.ARCH, meta_dim=len(spec["meta_names"]), pool=m.POOL)
         try:
             model.load_state_dict(bundle["model"])
         except RuntimeError as e:
@@ -204,6 +204,8 @@ class Predictor:
     def _check_input(self, ds: HierarchicalDataset) -> None:
         """The data's layout is the one the model was trained on (shape of a sample, metadata columns)."""
         want, got = list(self.input["input_shape"]), list(ds.input_shape)
+        if len(want) == 2 and len(got) == 2:  # sets (S, F): the padded width S is the data's, only F is the model's
+            want, got = want[1:], got[1:]
         if want != got:
             raise DataError(f"{ds.name}: samples of shape {got} do not fit run {self.bundle['run_id']}'s model, "
                             f"trained on {self.input['kind']} of shape {want}")
@@ -265,28 +267,17 @@ def _feature_matrix(df: pd.DataFrame, names: list[str], source: str, what: str) 
     return x
 
 
-def _fit_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
-    """``uint8 (N, C, H, W)`` with the model's channel count: grey images repeated to RGB, or RGB to grey by
-    ITU-R 601-2 luma (Pillow's ``convert("L")``), so the same photo scores the same either way."""
-    if pixels.shape[1] == channels:
-        return pixels
-    if channels == 3:
-        return pixels.expand(-1, 3, -1, -1).contiguous()
-    weights = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
-    return (pixels.float() * weights).sum(dim=1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
-
 def _decode_all(paths: list[Path], names: list[str], size: int, channels: int, cache_dir, source: str) -> torch.Tensor:
     """Every image decoded at the model's size and channels; unreadable ones are one error naming them all
     (predict scores every image or stops: never a silent drop)."""
-    from workbench.images import decode_images
+    from workbench.images import decode_images, fit_channels
 
     pixels, _, bad, _ = decode_images(paths, size, skip_bad=True, cache_dir=cache_dir, names=names)
     if bad:
         shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise DataError(f"{source}: {len(bad)} image(s) could not be read as images: {shown}; fix or remove them "
                         f"(predict scores every image or none)")
-    return _fit_channels(pixels, channels)
+    return fit_channels(pixels, channels)
 
 
 def table_data(path: str | os.PathLike, predictor: Predictor) -> tuple[HierarchicalDataset, list[str], bool]:

@@ -40,7 +40,7 @@ from workbench.masking import NullMaskSchedule, null_keep_mask
 from workbench.augment import Augment, channel_stats
 from workbench.decoding import argmax_classes, rank_probabilities
 from workbench.streaming import StreamLoader, is_lazy
-from workbench.models import IMAGE_BACKBONES, HierarchicalModel, build_model, load_pretrained
+from workbench.models import HierarchicalModel, backbone_mismatch, build_model, load_pretrained
 from workbench.environment import environment_record
 from workbench.store import (
     CHECKPOINT_NAME, LOCK_NAME, RUN_ID_RE, RunStore, StoreError, new_run_id, validate_run_id, validate_run_name,
@@ -356,24 +356,9 @@ class Trainer:
                 f"`LOSS.RANK_WEIGHTS` must have {r} entries (one per rank: {', '.join(self.taxonomy.ranks)}), "
                 f"got {weights}"
             )
-        backbone, shape = self.cfg.MODEL.BACKBONE, tuple(self.train_ds.features.shape)
-        if backbone in IMAGE_BACKBONES or len(shape) == 4:
-            if backbone not in IMAGE_BACKBONES or len(shape) != 4:
-                needs = ("images, features (N, C, H, W)" if backbone in IMAGE_BACKBONES
-                         else "features (N, F) or (N, S, F)")
-                raise ConfigError(
-                    f"`MODEL.BACKBONE` {backbone!r} needs {needs}; the data {self.train_ds.name!r} has features of shape "
-                    f"{shape}" + ("; use 'resnet', 'timm' or 'torchvision'" if len(shape) == 4 else
-                                  "; use 'mlp' or 'set_attention'")
-                )
-            return
-        want = 3 if backbone == "set_attention" else 2
-        if len(shape) != want:
-            needs = "padded sets, features (N, S, F) with a valid mask" if want == 3 else "features (N, F), one row per sample"
-            raise ConfigError(
-                f"`MODEL.BACKBONE` {backbone!r} needs {needs}; the data {self.train_ds.name!r} has features of shape "
-                f"{shape}" + ("; use 'set_attention'" if want == 2 else "; use 'mlp'")
-            )
+        mismatch = backbone_mismatch(self.cfg.MODEL.BACKBONE, tuple(self.train_ds.features.shape), self.train_ds.name)
+        if mismatch:
+            raise ConfigError(mismatch)
 
     def _check_select_by(self) -> None:
         """``TRAIN.SELECT_BY`` (a val key by the config's own check) must be a metric this run logs; the
@@ -401,7 +386,7 @@ class Trainer:
         model = build_model(
             m.BACKBONE, m.HIDDEN, m.HEAD, self.train_ds.num_features, self.taxonomy, m.DROPOUT,
             input_shape=tuple(self.train_ds.features.shape[1:]), width=m.WIDTH, depth=m.DEPTH, arch=m.ARCH,
-            meta_dim=0 if meta is None else meta.shape[1],
+            meta_dim=0 if meta is None else meta.shape[1], pool=m.POOL,
         )
         if model.input is not None and getattr(getattr(cfg, "AUG", None), "NORMALIZE", True):
             model.input.set_stats(*channel_stats(self.train_ds.features))  # once, from the training split only
