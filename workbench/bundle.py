@@ -17,6 +17,7 @@ import platform
 from pathlib import Path
 
 from workbench import names as N
+from workbench.atomic import atomic_path
 from workbench.environment import package_version
 from workbench.errors import StoreError
 
@@ -155,12 +156,8 @@ def export_run(store, run_id: str, out: str | os.PathLike) -> tuple[Path, dict]:
         raise StoreError(f"{path}: cannot write the bundle there: it exists and is not a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(bundle, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: a full disk stays an OSError
+            torch.save(bundle, f)
     except OSError as e:
         raise StoreError(f"{path}: cannot write the bundle ({e.strerror or e})") from None
     return path, bundle

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.atomic import atomic_path
 from workbench.config import Config
 from workbench.data import DataError, HierarchicalDataset, dataset_hash, load_dataset, split_dataset
 from workbench.errors import ConfigError, StoreError
@@ -382,9 +383,8 @@ def _open_parts(folder: Path, out: Path, print_: str) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _part_done(path: Path, rows: int, names: list[str]) -> bool:
@@ -466,23 +466,17 @@ def _write_part(path: Path, z: np.ndarray, rows: pd.DataFrame, row_schema, schem
     table = pa.Table.from_arrays(
         [*(pa.array(c) for c in columns), *pa.Table.from_pandas(rows, schema=row_schema, preserve_index=False).columns],
         schema=schema)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)  # a part is there whole or not at all
+    with atomic_path(path) as tmp:  # a part is there whole or not at all
+        pq.write_table(table, tmp)
 
 
 def _join_parts(folder: Path, parts: int, out: Path, schema) -> None:
     """Stream the parts, in order, into ``out`` (a temp file renamed into place), then remove ``folder``."""
     import pyarrow.parquet as pq
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:  # part by part: never the whole file in memory
-            for k in range(parts):
-                writer.write_table(pq.read_table(folder / part_name(k)))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:  # part by part: never all in memory
+        for k in range(parts):
+            writer.write_table(pq.read_table(folder / part_name(k)))
     shutil.rmtree(folder)  # the lock file goes with it; the lock itself is held until its descriptor closes
 
 

@@ -90,20 +90,26 @@ def finest_labelled_rank(targets: torch.Tensor) -> torch.Tensor:
     return torch.where(targets != 0, r, torch.full_like(r, -1)).amax(dim=1)
 
 
-def severity_heights(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxonomy):
-    """``(heights (M,), wrong (M,))`` at each labelled sample's finest labelled rank ``k``.
-
-    The height is the LCA height of the predicted and true class at ``k`` (0 if equal, ``k + 1``
-    if no shared ancestor; a null prediction shares no ancestor). ``M`` = labelled samples.
-    """
+def sample_heights(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
+    """``LongTensor (N,)``: per sample, the LCA height of the predicted and true class at its finest labelled
+    rank ``k`` (0 if equal, ``k + 1`` if no shared ancestor; a null prediction shares no ancestor); -1 for a
+    sample labelled at no rank."""
     k = finest_labelled_rank(targets)  # (N,)
-    heights, wrong = [], []
+    heights = torch.full_like(k, -1)
     for rank in range(targets.shape[1]):
         rows = k == rank
-        p, t = preds[rows, rank], targets[rows, rank]
-        heights.append(taxonomy.lca_height(rank, p, t))
-        wrong.append(p != t)
-    return torch.cat(heights), torch.cat(wrong)
+        heights[rows] = taxonomy.lca_height(rank, preds[rows, rank], targets[rows, rank])
+    return heights
+
+
+def severity_heights(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxonomy):
+    """``(heights (M,), wrong (M,))`` of the ``M`` labelled samples (:func:`sample_heights`; wrong: the
+    prediction at the finest labelled rank is not the target)."""
+    heights = sample_heights(preds, targets, taxonomy)
+    labelled = heights >= 0
+    k = finest_labelled_rank(targets).clamp_min(0)[:, None]  # (N, 1)
+    wrong = preds.gather(1, k).squeeze(1) != targets.gather(1, k).squeeze(1)
+    return heights[labelled], wrong[labelled]
 
 
 def mistake_severity(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxonomy) -> dict[str, torch.Tensor]:

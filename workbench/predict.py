@@ -72,18 +72,6 @@ def _paths(taxonomy: Taxonomy, ids: torch.Tensor) -> list[str]:
     return [PATH_SEPARATOR.join(n for n in row if n is not None) for row in zip(*names)]
 
 
-def sample_heights(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
-    """``LongTensor (N,)``: per sample, the LCA height of predicted and true class at its finest labelled rank
-    (DESIGN.md 3.4 mistake severity; 0 when right), -1 for a sample labelled at no rank. The per-sample form of
-    :func:`workbench.metrics.severity_heights` (which returns labelled samples grouped by rank)."""
-    k = M.finest_labelled_rank(targets)  # (N,)
-    heights = torch.full_like(k, -1)
-    for rank in range(targets.shape[1]):
-        rows = k == rank
-        heights[rows] = taxonomy.lca_height(rank, preds[rows, rank], targets[rows, rank])
-    return heights
-
-
 def predictions_frame(
     logits: list[torch.Tensor], taxonomy: Taxonomy, tau: dict[str, float], sources, targets: torch.Tensor | None = None,
     top_k: int = DEFAULT_TOP_K, consistent: bool = False, multilabel_ranks=(),
@@ -122,7 +110,7 @@ def predictions_frame(
         k = M.finest_labelled_rank(targets).clamp_min(0)  # (N,)
         conf = torch.stack([probs[r].gather(1, preds[:, r : r + 1])[:, 0] for r in range(len(ranks))], dim=1)
         correct = ((preds == targets) | (targets == 0)).all(dim=1)  # (N,) partial chain
-        heights = sample_heights(preds, targets, taxonomy)
+        heights = M.sample_heights(preds, targets, taxonomy)
         data["true_path"] = _paths(taxonomy, targets)
         data["pred_path"] = _paths(taxonomy, preds)
         data["confidence"] = np.where(labelled.numpy(), conf.gather(1, k[:, None])[:, 0].double().numpy(), np.nan)

@@ -37,6 +37,7 @@ from workbench.events import EpochResult, RunFinished, RunStarted, Sink, SinkErr
 from workbench.health import HealthMonitor, zero_total_weight
 from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
 from workbench.masking import NullMaskSchedule, null_keep_mask
+from workbench.atomic import atomic_path
 from workbench.augment import Augment, channel_stats
 from workbench.decoding import argmax_classes, rank_probabilities
 from workbench.streaming import StreamLoader, is_lazy
@@ -75,18 +76,12 @@ def checkpoint_dir(store: RunStore, run_id: str) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a temp file in the same folder, fsync, then rename over the old one."""
+    """Write atomically (:func:`workbench.atomic.atomic_path`: a temp file in the same folder, fsync, then
+    rename over the old one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a half-written temp file (disk full) must not eat the space
-        raise
+    # through a file object: torch.save to a path hides a full disk's OSError behind its zip writer's RuntimeError
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 # what a checkpoint must hold: to start phase 2 from it, and (the trainer's own) to resume a run
