@@ -115,7 +115,8 @@ PERSIST_KEYS = (
     "tr_dropout", "tr_wd", "tr_watch", "tr_img_backbone", "tr_width", "tr_depth", "tr_arch", "tr_freeze",
     "tr_pretrained",
     "ru_status", "ru_data", "ru_search", "ru_key", "ru_smooth", "ru_group", "ru_color", "ru_view", "ru_x",
-    "ru_split", "ru_split_by", "ru_continue",
+    "ru_split", "ru_split_by", "ru_continue", "ru_summary", "ru_filter", "ru_tag_filter", "ru_show_archived",
+    "ru_band", "ru_thresh_rank", "ru_thresh_epoch", "ru_live",
     "d_img_from", "d_img_path", "d_img_ranks", "d_img_size", "d_thumb_rank",
 )
 

@@ -17,9 +17,11 @@ import streamlit as st
 from app_pages import _shared as sh
 from workbench import plots
 from workbench.config import ConfigError
+from workbench.importance import SEED_KEY, param_importance
 from workbench.launch import LaunchError, launch_sweep, list_sweeps, log_path, log_tail, stop_sweep
+from workbench.store import metric_split
 from workbench.sweep import SWEEP_ACTIVE
-from workbench.names import TEST_PARTIAL_CHAIN_ACC, VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC
+from workbench.names import TEST_PARTIAL_CHAIN_ACC, VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC, direction
 from workbench.summaries import metric_values
 from workbench.sweep_results import (
     NO_TEST_NOTE, accuracy_vs_key_figure, has_test, per_run_table, report_table, report_title, store_tidy, summarize,
@@ -216,7 +218,64 @@ def live_sweep(sweep_id: str, was_active: bool) -> None:
     panel()
 
 
+IMPORTANCE_MIN_TRIALS = 2  # fANOVA needs runs that differ; fewer finished trials: the section says why
+
+
+@st.cache_data(show_spinner="Computing parameter importance (fANOVA)...", max_entries=16)
+def sweep_importance(_table: pd.DataFrame, store_key: str, sweep_id: str, version: tuple, params: tuple[str, ...],
+                     metric: str) -> pd.Series:
+    """:func:`workbench.importance.param_importance` of ``metric`` over ``_table`` (one row per finished trial),
+    cached per sweep, store version and metric (the table itself is not hashed: its lists are not hashable)."""
+    return param_importance(_table, list(params), metric, "minimize" if direction(metric) == "min" else "maximize")
+
+
+def importance_section(sweep_id: str) -> None:
+    """Parameter importance (fANOVA) and a slice plot of a val metric at each finished trial's selected epoch."""
+    st.subheader("Parameter importance")
+    trials = store.runs(sweep_id=sweep_id, with_config=True)
+    finished = trials[trials["status"] == "finished"] if len(trials) else trials
+    if len(finished) < IMPORTANCE_MIN_TRIALS:
+        st.info(f"Parameter importance needs at least {IMPORTANCE_MIN_TRIALS} finished trials; this sweep has "
+                f"{len(finished)} so far.", icon=":material/info:")
+        return
+    swept = plots.varying_config_keys(finished)
+    if not swept:
+        st.info(f"No config key differs between this sweep's {len(finished)} finished trials: there is nothing "
+                "to rank.", icon=":material/info:")
+        return
+    tidy = store_tidy(store, sweep_id)
+    per_run = per_run_table(tidy[tidy["run"].isin(set(finished["id"]))], swept)
+    if per_run.empty:
+        st.info("The finished trials have no epochs in the store yet.", icon=":material/info:")
+        return
+    # select on val, report test: importance analyses the selection metric, so test keys are not offered
+    table = per_run[per_run["at"] == "best"].set_index("run")
+    metrics = [c for c in table.columns if isinstance(c, str) and metric_split(c) == "val"]
+    if not metrics:
+        st.info("The finished trials logged no val metric to analyse.", icon=":material/info:")
+        return
+    selectors = [s for s in dict.fromkeys(table["select_by"]) if s in metrics]
+    default = selectors[0] if selectors else metrics[0]
+    metric = st.selectbox("Metric (val, at each trial's selected epoch)", metrics, index=metrics.index(default),
+                          key="sw_imp_metric", format_func=lambda k: f"{plots.metric_label(k)} ({k})")
+    seed_note = (f" {SEED_KEY} varies too: its bar is the share that is seed noise, the part no setting explains."
+                 if SEED_KEY in swept else "")
+    by = ", ".join(dict.fromkeys(table["select_by"]))
+    st.caption(sh.md_escape(
+        f"How much of the variance of {metric} (val, at each trial's selected epoch, chosen on val by {by}; test "
+        f"numbers are reported, never analysed) over {len(table)} finished trials each swept key explains: "
+        f"Optuna's fANOVA, a random forest fitted to the trials.{seed_note}"))
+    try:
+        importance = sweep_importance(table, str(store.path), sweep_id, store.data_version(), tuple(swept), metric)
+    except ValueError as e:  # too few trials with this metric, or it is the same in every trial
+        st.info(sh.md_escape(e), icon=":material/info:")
+    else:
+        st.plotly_chart(plots.importance_bar(importance), key="sw_importance")
+    st.plotly_chart(plots.slice_plot(table, swept, metric), key="sw_slice")
+
+
 live_sweep(sweep_id, status_of[sweep_id] in SWEEP_ACTIVE)
+importance_section(sweep_id)
 
 trial_ids = store.runs(sweep_id=sweep_id)["id"].tolist()
 if trial_ids:

@@ -420,7 +420,7 @@ def test_runs_page_compare_group_and_export(store_path):
     dims = {d["label"] for d in charts(at)["ru_parcoords"]["data"][0]["dimensions"]}
     assert {"w", "seed", "val partial-chain"} <= dims
     # group by w: mean and band over the 3 seeds
-    at.selectbox(key="ru_group").set_value("LOSS.W").run()
+    at.multiselect(key="ru_group").set_value(["LOSS.W"]).run()  # several keys since issue 17
     assert not at.exception
     data = charts(at)["ru_overlay"]["data"]
     assert len(data) == 6  # 2 groups x (upper, lower, mean)

@@ -30,7 +30,7 @@ from workbench.cli import main as cli_main
 from workbench.store import RUN_ID_RULE, RUN_NAME_MAX, SCHEMA_VERSION, RunStore, StoreError
 
 ID_RULE = f"run id must be {RUN_ID_RULE}"
-STORE_TABLES = ("curves", "health", "metrics", "runs")
+STORE_TABLES = ("curves", "health", "metrics", "runs", "summaries", "tags")
 
 
 def files_under(folder: Path) -> set[str]:
@@ -207,7 +207,9 @@ def test_unversioned_store_is_migrated_without_losing_a_row(db):
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 0")
     con.execute("DROP INDEX runs_sweep")
-    for statement in ("DROP TABLE health", "ALTER TABLE runs DROP COLUMN ranks",
+    for statement in ("DROP TABLE tags", "DROP TABLE summaries", "ALTER TABLE runs DROP COLUMN notes",
+                      "ALTER TABLE runs DROP COLUMN archived",  # what version 3 added
+                      "DROP TABLE health", "ALTER TABLE runs DROP COLUMN ranks",
                       "ALTER TABLE runs DROP COLUMN environment"):  # what version 2 added
         con.execute(statement)
     con.commit()
@@ -221,8 +223,8 @@ def test_unversioned_store_is_migrated_without_losing_a_row(db):
     assert con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'runs_sweep'").fetchone()
     con.close()
     after = snapshot(db)
-    v0_columns = len(before["runs"][0])  # version 2 adds columns (ranks, environment), empty for old rows
-    assert [row[v0_columns:] for row in after["runs"]] == [(None, None)] * len(before["runs"])
+    v0_columns = len(before["runs"][0])  # versions 2 and 3 add columns (ranks, environment; notes, archived)
+    assert [row[v0_columns:] for row in after["runs"]] == [(None, None, None, 0)] * len(before["runs"])
     after["runs"] = [row[:v0_columns] for row in after["runs"]]
     assert after == before
     assert store.run(SEED_RUN)["status"] == "finished"

@@ -23,6 +23,7 @@ EXPECTED = {  # a line each script prints with its result table
     "bench_cli.py": "x torch import",
     "bench_images.py": "trainer / bare",
     "bench_embeddings.py": "wall-time ratio images / embeddings",
+    "bench_store.py": "write_epoch / raw",
 }
 
 

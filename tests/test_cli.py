@@ -188,8 +188,8 @@ def test_runs_json_round_trips_with_ordered_ranks_last_and_best(olive_store, cap
     records = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in records] == ["olive-run", "old-row"]  # newest first
     run = records[0]
-    assert set(run) == {"id", "name", "status", "parent_id", "sweep_id", "ranks", "config", "environment", "last", "best",
-                        "test", "selected_epoch"}
+    assert set(run) == {"id", "name", "status", "parent_id", "sweep_id", "ranks", "config", "environment", "tags", "notes",
+                        "archived", "last", "best", "min", "max", "selected", "test", "selected_epoch"}
     # no test rows; no core/val_partial_chain_acc to select by: the last epoch, 0-based (tests/test_reporting.py: more)
     assert run["test"] == {} and run["selected_epoch"] == 2
     assert run["ranks"] == ["region", "area"], "ranks must be coarse to fine as recorded, never sorted"

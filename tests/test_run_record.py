@@ -161,10 +161,10 @@ def test_v0_fixture_store_migrates_to_v2_without_losing_a_row(tmp_path):
 
     store = RunStore(path)
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     columns = [c[1] for c in con.execute("PRAGMA table_info(runs)")]
     con.close()
-    assert columns[-2:] == ["ranks", "environment"]
+    assert columns[-4:] == ["ranks", "environment", "notes", "archived"]  # v2, then v3
     assert _all_rows(path) == before, "every row and value survives the migration"
     for run_id in ("olive-run", "file-run"):
         row = store.run(run_id)

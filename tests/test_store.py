@@ -178,6 +178,7 @@ def test_runs_with_config_columns(store):
 def test_delete_run(store):
     rid = store.create_run({})
     store.write_epoch(rid, 0, {"a": 1.0}, curves_frame())
+    store.update_run(rid, status="finished")  # a queued or running run is refused (test_store_tracker.py)
     store.delete_run(rid)
     assert not store.has_run(rid)
     assert count(store, "metrics", rid) == 0 and count(store, "curves", rid) == 0

@@ -15,8 +15,8 @@ import warnings
 
 from workbench.errors import USER_ERRORS, DataWarning, TrainingFailed
 from workbench.names import (
-    ACC, DEFAULT_STORE, ENDED_OK, SELECT_BY_DEFAULT, TEST_CHAIN_ACC, TEST_PARTIAL_CHAIN_ACC, VAL_CHAIN_ACC,
-    VAL_PARTIAL_CHAIN_ACC, rank_key, val_acc,
+    ACC, ACTIVE, DEFAULT_STORE, ENDED_OK, SELECT_BY_DEFAULT, SUMMARY_HOWS, TEST_CHAIN_ACC, TEST_PARTIAL_CHAIN_ACC,
+    VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC, rank_key, val_acc,
 )
 
 RUNS_NAME_WIDTH = 30  # a long run name is cut in the `runs` table (the store keeps it whole)
@@ -46,15 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_id")
     r.add_argument("--store", default=DEFAULT_STORE)
     r.add_argument("--no-progress", action="store_true")
-    ls = sub.add_parser("runs", help="list the runs in the store")
-    ls.add_argument("--store", default=DEFAULT_STORE)
-    ls.add_argument("--limit", type=positive_int, default=None,
-                    help=f"show the newest N runs (N >= 1; default: {RUNS_LIMIT} in the table, all with --json)")
-    ls.add_argument("--json", action="store_true",
-                    help="print a JSON list, one object per run: id, name, status, parent_id, sweep_id, ranks (coarse "
-                         "to fine), config, environment, last and best (metric key -> value, test keys left out; "
-                         "null for NaN), test (test key -> value at the selected epoch; {} when none) and "
-                         "selected_epoch (0-based)")
+    _runs_parser(sub)
     pr = sub.add_parser("predict", help="predict new data (or a run's own val/test split) with a run or an exported bundle")
     pr.add_argument("model", metavar="RUN_ID|BUNDLE", help="a run id in --store, or a bundle file written by `export`")
     pr.add_argument("--store", default=DEFAULT_STORE, help="the run store of RUN_ID (never opened for a bundle)")
@@ -84,6 +76,60 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("sweep", help="a Ray Tune sweep over w and the null-masking schedule (see `sweep --help`)",
                    add_help=False)
     return p
+
+
+def _runs_parser(sub) -> None:
+    """``runs``: list (filter, summary, JSON) and, as sub-commands, tag / untag / note / rename / archive / delete."""
+    ls = sub.add_parser("runs", help="list, filter, tag, annotate, rename, archive and delete runs",
+                        description="Without an action: list the runs (newest first; archived runs hidden). "
+                                    "Actions change one run: tag, untag, note, rename, archive, delete.")
+    ls.add_argument("--store", default=DEFAULT_STORE, help=f"the run store (default {DEFAULT_STORE})")
+    ls.add_argument("--limit", type=positive_int, default=None,
+                    help=f"show the newest N runs (N >= 1; default: {RUNS_LIMIT} in the table, all with --json)")
+    ls.add_argument("--json", action="store_true",
+                    help="print a JSON list, one object per run: id, name, status, parent_id, sweep_id, ranks (coarse "
+                         "to fine), config, environment, tags (list), notes (text or null), archived, last, best, "
+                         "min and max (metric key -> value, test keys left out; null for NaN), selected (the values "
+                         "at selected_epoch, test keys left out), test (test key -> value at the selected epoch; {} "
+                         "when none) and selected_epoch (0-based)")
+    ls.add_argument("--filter", metavar="EXPR", default=None,
+                    help="keep the runs matching EXPR, e.g. \"LOSS.W >= 0.2 and core/val_partial_chain_acc > 0.7 and "
+                         "tag:baseline\" (config keys, metric keys, status/name/id/sweep_id/parent_id/epochs_done; "
+                         "== = != < <= > >= ~ (substring); and or not ( ); tag:NAME; null); metrics are read as "
+                         "--summary says")
+    ls.add_argument("--summary", choices=SUMMARY_HOWS, default="last",
+                    help="how a metric's epochs give one number in the table and the filter: the last epoch, the "
+                         "best (in the metric's direction), min, max, or the value at the epoch selected on val "
+                         "(default: last)")
+    ls.add_argument("--archived", action="store_true", help="include archived runs")
+    acts = ls.add_subparsers(dest="action", metavar="[ACTION]")
+    store = {"default": argparse.SUPPRESS, "help": f"the run store (default {DEFAULT_STORE})"}  # before or after ACTION
+
+    a = acts.add_parser("tag", help="add tags to a run")
+    a.add_argument("run_id")
+    a.add_argument("tags", nargs="+", metavar="TAG", help="any text up to 64 characters without control characters")
+    a.add_argument("--store", **store)
+    a = acts.add_parser("untag", help="remove tags from a run (one it does not have is fine)")
+    a.add_argument("run_id")
+    a.add_argument("tags", nargs="+", metavar="TAG")
+    a.add_argument("--store", **store)
+    a = acts.add_parser("note", help="set a run's notes ('-' reads them from stdin; '' clears them)")
+    a.add_argument("run_id")
+    a.add_argument("text", metavar="TEXT")
+    a.add_argument("--store", **store)
+    a = acts.add_parser("rename", help="give a run a new name (its id never changes)")
+    a.add_argument("run_id")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("--store", **store)
+    a = acts.add_parser("archive", help="hide a run from `runs` and the dashboard's tables (nothing is deleted)")
+    a.add_argument("run_id")
+    a.add_argument("--undo", action="store_true", help="bring an archived run back")
+    a.add_argument("--store", **store)
+    a = acts.add_parser("delete", help="delete a run's rows, curves, tags and files (asks first; a running run is "
+                                       "refused)")
+    a.add_argument("run_id")
+    a.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+    a.add_argument("--store", **store)
 
 
 def cmd_train(args) -> int:
@@ -141,31 +187,59 @@ def cmd_resume(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    if args.action is not None:
+        return RUN_ACTIONS[args.action](args)
+    from workbench.filters import FilterError, parse_filter
     from workbench.store import RunStore
 
-    store = RunStore.open_existing(args.store)  # a read never creates or migrates
-    if args.json:
-        print(json.dumps(runs_records(store, args.limit), allow_nan=False))  # compact: the C encoder, for scripts
-    else:
-        print(runs_table(store, args.limit or RUNS_LIMIT))
+    try:
+        where = parse_filter(args.filter) if args.filter is not None else None  # a typo fails before the store opens
+        store = RunStore.open_existing(args.store)  # a read never creates or migrates
+        if args.json:  # compact: the C encoder, for scripts
+            records = runs_records(store, args.limit, where=where, how=args.summary, include_archived=args.archived)
+            print(json.dumps(records, allow_nan=False))
+        else:
+            print(runs_table(store, args.limit or RUNS_LIMIT, how=args.summary, where=where,
+                             include_archived=args.archived))
+    except FilterError as e:  # the reason, then the expression with a caret under the bad token
+        print(f"error: bad --filter: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
-def runs_records(store, limit: int | None = None) -> list[dict]:
-    """The runs (newest first, at most ``limit``) as JSON-ready dicts: ``id, name, status, parent_id,
-    sweep_id, ranks`` (coarse to fine), ``config``, ``environment``, and (NaN -> None in all three):
+def _matching_ids(store, where, how: str, include_archived: bool) -> list[str] | None:
+    """The ids of the runs ``where`` keeps (newest first), or None when there is no filter (every run)."""
+    if where is None or where.tree is None:
+        return None
+    from workbench.tracker import run_table
 
-    - ``last`` / ``best``: metric key -> value at the run's last epoch / best over epochs in the metric's
-      direction; val, train and run keys only (test is evaluated once: a "best test" would select on test);
+    table = run_table(store, how, include_archived=include_archived)
+    return list(table.loc[where.mask(table), "id"])
+
+
+def runs_records(store, limit: int | None = None, where=None, how: str = "last",
+                 include_archived: bool = False) -> list[dict]:
+    """The runs (newest first, at most ``limit``; archived ones only with ``include_archived``; those the
+    :class:`workbench.filters.RunFilter` ``where`` keeps, its metrics read as ``how`` says) as JSON-ready
+    dicts: ``id, name, status, parent_id, sweep_id, ranks`` (coarse to fine), ``config``, ``environment``,
+    ``tags`` (sorted list), ``notes`` (text or None), ``archived``, and (NaN -> None in each):
+
+    - ``last`` / ``best`` / ``min`` / ``max``: metric key -> value at the run's last epoch / best over epochs in the
+      metric's direction / smallest / largest (:func:`workbench.summaries.metric_values`); val, train and run keys
+      only (test is evaluated once: a "best test" would select on test);
+    - ``selected``: metric key -> value at ``selected_epoch`` (test keys left out, as in ``last``);
     - ``test``: test key -> value, the run's test numbers (at its selected epoch); ``{}`` when it has none
       (an old or failed run, no test split, a run still training);
     - ``selected_epoch``: the epoch the run selected on val, **0-based** like ``epoch`` in the store (so
       ``selected_epoch == 2`` is the third epoch): its test rows' epoch, else where its ``TRAIN.SELECT_BY``
       is best so far; None before its first epoch.
     """
-    from workbench.summaries import metric_values, run_selected_epoch, test_mask, test_values
+    from workbench.summaries import metric_values, run_selected_epoch, test_mask, test_values, values_at_epoch
 
-    runs = store.runs()
+    runs = store.runs(include_archived=include_archived)
+    keep = _matching_ids(store, where, how, include_archived)
+    if keep is not None:
+        runs = runs[runs["id"].isin(keep)]
     if limit is not None:
         runs = runs.head(limit)
     if runs.empty:
@@ -174,20 +248,30 @@ def runs_records(store, limit: int | None = None) -> list[dict]:
     long = store.metrics(ids)
     configs = {row.id: json.loads(row.config) for row in runs.itertuples(index=False)}
     is_test = test_mask(long["key"])
-    last, best, test = metric_values(long[~is_test], "last"), metric_values(long, "best"), test_values(long)
+    # last: test keys left out here; best / min / max leave them out themselves (never an extreme of a test key)
+    values = {how_: metric_values(long[~is_test] if how_ == "last" else long, how_)
+              for how_ in ("last", "best", "min", "max")}
+    test = test_values(long)
     logged = long[is_test].groupby("run_id")["key"].agg(set)  # a run's test dict: the keys it logged (NaN -> None)
     chosen = run_selected_epoch(long, {r: (c.get("TRAIN") or {}).get("SELECT_BY") for r, c in configs.items()})
+    values["selected"] = values_at_epoch(long[~is_test], chosen)
     records = []
     for row in runs.itertuples(index=False):
         records.append({
-            "id": row.id, "name": row.name, "status": row.status, "parent_id": row.parent_id, "sweep_id": row.sweep_id,
-            "ranks": row.ranks if row.ranks is not None else store.run_ranks(row.id),
+            "id": row.id, "name": _text(row.name), "status": row.status, "parent_id": _text(row.parent_id),
+            "sweep_id": _text(row.sweep_id), "ranks": row.ranks if row.ranks is not None else store.run_ranks(row.id),
             "config": configs[row.id], "environment": row.environment,
-            "last": _finite_values(last, row.id), "best": _finite_values(best, row.id),
+            "tags": list(row.tags), "notes": _text(row.notes), "archived": bool(row.archived),
+            **{how_: _finite_values(table, row.id) for how_, table in values.items()},
             "test": _finite_values(test, row.id, only=logged.get(row.id, set())),
             "selected_epoch": int(chosen[row.id]) if row.id in chosen.index else None,
         })
     return records
+
+
+def _text(value) -> str | None:
+    """A text column's cell for JSON: a missing one is None (pandas reads NULL in a text column as NaN)."""
+    return value if isinstance(value, str) else None
 
 
 def _finite_values(table, run_id: str, only: set | None = None) -> dict:
@@ -199,28 +283,139 @@ def _finite_values(table, run_id: str, only: set | None = None) -> dict:
     return {str(k): (None if v is None or not math.isfinite(v) else float(v)) for k, v in values}
 
 
-def runs_table(store, limit: int = 20) -> str:
-    """The run list as text: id, name, status, epochs, w, phase 1, final val accuracies, and the test
-    partial-chain accuracy (at the epoch selected on val) when any listed run has one."""
-    from workbench.summaries import metric_values, test_values
+def runs_table(store, limit: int = RUNS_LIMIT, how: str = "last", where=None, include_archived: bool = False) -> str:
+    """The run list as text: id, name, status, epochs, w, phase 1, the val chain and partial-chain
+    accuracies (read as ``how`` says: the last epoch by default), and the test partial-chain accuracy (at
+    the epoch selected on val) when any listed run has one. ``where``: only the runs this
+    :class:`workbench.filters.RunFilter` keeps; archived runs only with ``include_archived``."""
+    from workbench.tracker import run_table
 
-    runs = store.runs(with_config=True).head(limit)
-    if runs.empty:
-        return f"no runs in {store.path}"
-    final = metric_values(store.metrics(list(runs["id"]), [VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC]), "last")
-    runs["name"] = [_short_name(n, i) for n, i in zip(runs["name"], runs["id"])]
-    table = runs.set_index("id")[["name", "status", "epochs_done", "DATA.NAME", "LOSS.W", "TRAIN.PHASE1_MASK_NULL_LOSS",
-                                  "parent_id"]]
-    for key in (VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC):  # runs without an epoch yet: NaN
-        if key not in final:
-            final[key] = float("nan")
-    table = table.join(final[[VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC]])
-    table.columns = ["name", "status", "epochs", "data", "w", "phase1", "parent", "val_chain", "val_partial_chain"]
-    test = test_values(store.metrics(list(runs["id"]), [TEST_PARTIAL_CHAIN_ACC]))
-    if TEST_PARTIAL_CHAIN_ACC in test:  # a run without test numbers shows NaN there
-        table["test_partial_chain"] = test[TEST_PARTIAL_CHAIN_ACC].reindex(table.index)
-    table.index.name = None
-    return table.to_string(float_format=lambda v: f"{v:.4f}")
+    filtering = where is not None and where.tree is not None
+    shown = (VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC, TEST_PARTIAL_CHAIN_ACC)
+    # a filter may read any key (and names the closest ones when it reads an unknown one): then every column
+    table = run_table(store, how, keys=None if filtering else shown, include_archived=include_archived)
+    if filtering:
+        table = table[where.mask(table)]
+    if table.empty:
+        return _no_runs(store, filtering, include_archived)
+    table = table.head(limit).set_index("id")
+    table["name"] = [_short_name(n, i) for n, i in zip(table["name"], table.index)]
+    columns = {"name": "name", "status": "status", "epochs_done": "epochs", "DATA.NAME": "data", "LOSS.W": "w",
+               "TRAIN.PHASE1_MASK_NULL_LOSS": "phase1", "parent_id": "parent", VAL_CHAIN_ACC: "val_chain",
+               VAL_PARTIAL_CHAIN_ACC: "val_partial_chain"}
+    if TEST_PARTIAL_CHAIN_ACC in table and table[TEST_PARTIAL_CHAIN_ACC].notna().any():  # others show NaN there
+        columns[TEST_PARTIAL_CHAIN_ACC] = "test_partial_chain"
+    out = table.reindex(columns=list(columns)).rename(columns=columns)  # runs without an epoch yet: NaN
+    for column in ("val_chain", "val_partial_chain", "test_partial_chain"):
+        if column in out:
+            out[column] = out[column].astype(float)
+    out.index.name = None
+    return out.to_string(float_format=lambda v: f"{v:.4f}")
+
+
+def _no_runs(store, filtering: bool, include_archived: bool) -> str:
+    """Why the run list is empty: no runs at all, none matching the filter, or only archived ones."""
+    if filtering:
+        archived = "" if include_archived else " (archived runs: --archived)"
+        return f"no run in {store.path} matches the filter{archived}"
+    hidden = 0 if include_archived else int(store.runs()["archived"].sum())
+    if hidden:
+        return f"no runs in {store.path} but {hidden} archived (--archived lists them)"
+    return f"no runs in {store.path}"
+
+
+# ---------------------------------------------------------------------- runs ACTION: change one run
+def _run_to_change(args):
+    """The store (opened for writing, never created: an older store is migrated) and the validated run id."""
+    from workbench.store import RunStore, validate_run_id
+
+    validate_run_id(args.run_id)
+    store = RunStore(args.store, create=False)
+    store.check_writable()
+    return store, args.run_id
+
+
+def _tag_list(tags: list[str]) -> str:
+    return ", ".join(repr(t) for t in tags) if tags else "(none)"
+
+
+def cmd_runs_tag(args) -> int:
+    store, run_id = _run_to_change(args)
+    print(f"run {run_id} tags: {_tag_list(store.add_tags(run_id, args.tags))}")
+    return 0
+
+
+def cmd_runs_untag(args) -> int:
+    store, run_id = _run_to_change(args)
+    print(f"run {run_id} tags: {_tag_list(store.remove_tags(run_id, args.tags))}")
+    return 0
+
+
+def cmd_runs_note(args) -> int:
+    text = args.text
+    if text == "-":  # a note from a file or a heredoc; the newline that ends the input is not part of it
+        text = sys.stdin.read()
+        text = text[:-1] if text.endswith("\n") else text
+    store, run_id = _run_to_change(args)
+    store.set_notes(run_id, text or None)
+    print(f"run {run_id}: notes saved ({len(text):,} characters)" if text else f"run {run_id}: notes cleared")
+    return 0
+
+
+def cmd_runs_rename(args) -> int:
+    store, run_id = _run_to_change(args)
+    store.rename(run_id, args.name)
+    print(f"run {run_id} is now named {args.name!r}")
+    return 0
+
+
+def cmd_runs_archive(args) -> int:
+    store, run_id = _run_to_change(args)
+    store.set_archived(run_id, not args.undo)
+    if args.undo:
+        print(f"run {run_id} is back in the run lists")
+    else:
+        print(f"run {run_id} archived: hidden from `runs` and the dashboard's tables (`runs --archived` lists it; "
+              f"`runs archive {run_id} --undo` brings it back)")
+    return 0
+
+
+def cmd_runs_delete(args) -> int:
+    """Print what goes, ask (on a terminal; ``--yes`` skips it), then delete. Refusals exit 2, a failed delete 1."""
+    from workbench.errors import StoreError
+    from workbench.launch import reconcile  # pandas and the config only: no torch
+
+    store, run_id = _run_to_change(args)
+    reconcile(store, [run_id])  # a launched run whose process died is marked failed first, so it can go
+    plan = store.delete_plan(run_id)
+    if plan.status in ACTIVE:
+        raise StoreError(f"run {run_id} is {plan.status}: stop it first (Stop on the dashboard's Train page, Ctrl-C "
+                         "where it trains, or wait for it to end); nothing was deleted. A run launched from the "
+                         "dashboard whose process has died is marked failed by this command; this one's is alive "
+                         "or unknown here (started by `train` or a sweep)")
+    print(plan.describe())
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise StoreError(f"run {run_id}: deleting asks for confirmation and stdin is not a terminal; run again "
+                             "with --yes to delete it; nothing was deleted")
+        try:
+            answer = input("Delete? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing was deleted")
+            return 0
+    try:
+        store.delete_run(run_id)
+    except StoreError as e:  # the store says whether the rows went
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"deleted run {run_id}")
+    return 0
+
+
+RUN_ACTIONS = {"tag": cmd_runs_tag, "untag": cmd_runs_untag, "note": cmd_runs_note, "rename": cmd_runs_rename,
+               "archive": cmd_runs_archive, "delete": cmd_runs_delete}
 
 
 def _short_name(name, run_id: str) -> str:

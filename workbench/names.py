@@ -90,6 +90,11 @@ def ranks_of(keys) -> list[str]:
 
 # The run's selected epoch is where this metric is best (DESIGN.md 3.5: TRAIN.SELECT_BY, selection on val only)
 SELECT_BY_DEFAULT = VAL_PARTIAL_CHAIN_ACC
+SELECT_BY_KEY = "TRAIN.SELECT_BY"  # the flat config key naming a run's selection metric
+SEED_KEY = "TRAIN.SEED"  # the flat config key of the training seed (what seeds of one setting differ in)
+# How one number per run and metric is read from its epochs (workbench.summaries.metric_values defines each;
+# here so the CLI can offer the choices without importing pandas)
+SUMMARY_HOWS = ("last", "best", "min", "max", "selected")
 # test at the val-chosen threshold (DESIGN.md 3.5): test/<kind>/<rank>; the threshold itself, then what it gives on test
 TAU, COVERAGE_AT_TAU, SELECTIVE_ACCURACY_AT_TAU = "tau", "coverage_at_tau", "selective_accuracy_at_tau"
 

@@ -256,9 +256,67 @@ def smooth(values: pd.Series, smoothing: float) -> pd.Series:
     return values.astype(float).ewm(alpha=1.0 - smoothing, adjust=False).mean()
 
 
+BANDS = ("sd", "se", "ci95", "minmax")  # the spread drawn around a group's mean (overlay's ``band``)
+BAND_LABELS = {"sd": "mean ± 1 sd", "se": "mean ± 1 standard error", "ci95": "mean with 95% CI (Student t)",
+               "minmax": "mean, band min to max"}
+CI_LEVEL = 0.95  # the "ci95" band: two-sided, Student's t with n - 1 degrees of freedom
+OVERLAY_UIREVISION = "workbench-overlay"  # constant: a live refresh redraws the chart but keeps the user's zoom
+
+
+def _check_band(band: str) -> None:
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {', '.join(BANDS)}, got {band!r}")
+
+
+def _band_bounds(mean, sd, n, lo, hi, band: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` of ``band`` from per-cell statistics (arrays): the mean, the sample standard deviation
+    (ddof 1), the count, the min and the max. A cell with one value (or a NaN spread) has no spread: lo = hi =
+    mean. The one definition of every band; :func:`band_stats` and :func:`overlay` both use it."""
+    mean, sd, n = (np.asarray(a, dtype=float) for a in (mean, sd, n))
+    if band == "minmax":
+        lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    else:
+        if band == "sd":
+            half = sd
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                half = sd / np.sqrt(n)
+            if band == "ci95":
+                try:  # imported here: the other bands (and the app's default) need no scipy
+                    from scipy.stats import t
+                except ImportError as e:
+                    raise ImportError("the ci95 band needs scipy (Student's t quantile): pip install scipy, or "
+                                      "install the sweep extra (scikit-learn brings it)") from e
+
+                with np.errstate(invalid="ignore"):
+                    half = half * t.ppf(0.5 + CI_LEVEL / 2, np.where(n > 1, n - 1, np.nan))
+        lo, hi = mean - half, mean + half
+    single = (n <= 1) | ~np.isfinite(lo) | ~np.isfinite(hi)
+    return np.where(single, mean, lo), np.where(single, mean, hi)
+
+
+def band_stats(values, band: str = "sd") -> tuple[float, float, float, int]:
+    """``(centre, lo, hi, n)`` of ``values`` (a Series or array; NaNs are left out, ``n`` counts the rest).
+
+    ``centre`` is the mean; the band: ``sd`` mean ± the sample standard deviation (ddof 1), ``se`` mean ±
+    sd / sqrt(n), ``ci95`` mean ± t(0.975, n - 1) * se (Student's t, scipy), ``minmax`` from the min to the
+    max. One value: ``lo = hi = centre``; none: NaNs and ``n = 0``.
+    """
+    _check_band(band)
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[~np.isnan(x)]
+    n = int(x.size)
+    if n == 0:
+        return np.nan, np.nan, np.nan, 0
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else np.nan
+    lo, hi = _band_bounds(mean, sd, n, x.min(), x.max(), band)
+    return mean, float(lo), float(hi), n
+
+
 def overlay(
     metrics: pd.DataFrame, key: str, smoothing: float = 0.0, group_by: str | Sequence[str] | None = None,
-    labels: Mapping[str, str] | None = None, epoch_offsets: Mapping[str, int] | None = None,
+    labels: Mapping[str, str] | None = None, epoch_offsets: Mapping[str, int] | None = None, band: str = "sd",
 ) -> go.Figure:
     """One metric of several runs on one chart.
 
@@ -266,11 +324,14 @@ def overlay(
     is smoothed (:func:`smooth`). Without ``group_by``: one line per run (named by ``labels``). With
     ``group_by`` (a column of ``metrics``, e.g. ``LOSS.W`` joined from the run configs, or several
     columns: one group per combination of their values): per group, the mean over its runs at each
-    epoch and a band of +- one standard deviation (pandas ``std``, ddof 1; no band for a single run),
-    as three traces: upper, lower (filled), mean. ``epoch_offsets`` (run id -> epochs, from
-    :func:`lineage_offsets`) shifts a run's epochs, so a phase-2 run continues its parent's.
-    x is the displayed (1-based) epoch.
+    epoch and a ``band`` (:data:`BANDS`, computed as :func:`band_stats`; no spread where one run
+    reports), as three traces: upper, lower (filled to the upper, drawn behind), mean, named
+    ``"LOSS.W=0.3, TRAIN.SEED=1 (n=3)"`` (n: the group's runs); the mean's hover gives the runs at
+    that epoch. ``epoch_offsets`` (run id -> epochs, from :func:`lineage_offsets`) shifts a run's
+    epochs, so a phase-2 run continues its parent's. x is the displayed (1-based) epoch. The layout's
+    ``uirevision`` is constant, so a live refresh keeps the user's zoom.
     """
+    _check_band(band)
     labels = dict(labels or {})
     df = metrics[metrics["key"] == key] if "key" in metrics else metrics
     df = df.sort_values(["run_id", "epoch"]).copy()
@@ -282,33 +343,142 @@ def overlay(
     if group_by is None:
         for i, (run_id, run) in enumerate(df.groupby("run_id", sort=False)):
             fig.add_trace(go.Scatter(
-                x=run["x"].to_numpy(), y=run["smoothed"].to_numpy(), mode="lines", name=labels.get(run_id, run_id),
+                x=run["x"].to_numpy(), y=run["smoothed"].to_numpy(), mode="lines",
+                name=plotly_text(labels.get(run_id, run_id)),
                 line={"color": PALETTE[i % len(PALETTE)], "width": 2}, hovertemplate="%{y:.4f}",
             ))
     else:
         cols = [group_by] if isinstance(group_by, str) else list(group_by)
-        stats = df.groupby([*cols, "x"])["smoothed"].agg(["mean", "std", "count"]).reset_index()
+        stats = df.groupby([*cols, "x"])["smoothed"].agg(["mean", "std", "count", "min", "max"]).reset_index()
+        runs_in = df.groupby(cols)["run_id"].nunique()
         for i, (group, g) in enumerate(stats.groupby(cols if len(cols) > 1 else cols[0], sort=True)):
             colour = PALETTE[i % len(PALETTE)]
             rgb = tuple(int(colour[j : j + 2], 16) for j in (1, 3, 5))
-            std = g["std"].fillna(0.0).to_numpy()
             mean = g["mean"].to_numpy()
+            lo, hi = _band_bounds(mean, g["std"], g["count"], g["min"], g["max"], band)
             parts = group if isinstance(group, tuple) else (group,)
-            name = ", ".join(f"{c}={v}" for c, v in zip(cols, parts))
-            fig.add_trace(go.Scatter(x=g["x"].to_numpy(), y=mean + std, mode="lines", line={"width": 0},
-                                     showlegend=False, legendgroup=name, hoverinfo="skip", name=f"{name} +1sd"))
-            fig.add_trace(go.Scatter(x=g["x"].to_numpy(), y=mean - std, mode="lines", line={"width": 0},
-                                     fill="tonexty", fillcolor=f"rgba({rgb[0]},{rgb[1]},{rgb[2]},0.18)",
-                                     showlegend=False, legendgroup=name, hoverinfo="skip", name=f"{name} -1sd"))
-            n = int(g["count"].max())
-            fig.add_trace(go.Scatter(x=g["x"].to_numpy(), y=mean, mode="lines", legendgroup=name,
-                                     name=f"{name} (n={n})", line={"color": colour, "width": 2.5},
-                                     hovertemplate="%{y:.4f}"))
-        title += f" by {', '.join(cols)} (mean ± 1 sd)"
+            name = plotly_text(", ".join(f"{c}={v}" for c, v in zip(cols, parts)))
+            x = g["x"].to_numpy()
+            fig.add_trace(go.Scatter(x=x, y=hi, mode="lines", line={"width": 0}, showlegend=False,
+                                     legendgroup=name, hoverinfo="skip", name=f"{name} · {band} upper"))
+            fig.add_trace(go.Scatter(x=x, y=lo, mode="lines", line={"width": 0}, fill="tonexty",
+                                     fillcolor=f"rgba({rgb[0]},{rgb[1]},{rgb[2]},0.18)", showlegend=False,
+                                     legendgroup=name, hoverinfo="skip", name=f"{name} · {band} lower"))
+            n = int(runs_in.loc[group])
+            fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", legendgroup=name, name=f"{name} (n={n})",
+                                     line={"color": colour, "width": 2.5}, customdata=g["count"].to_numpy(),
+                                     hovertemplate="%{y:.4f} (n=%{customdata})"))
+        title += f" by {', '.join(cols)} ({BAND_LABELS[band]})"
     if smoothing:
         title += f", smoothing {smoothing:g}"
-    fig = _layout(fig, title, "epoch", metric_label(key), height=380)
+    fig = _layout(fig, plotly_text(title), "epoch", metric_label(key), height=380)
+    fig.update_layout(uirevision=OVERLAY_UIREVISION)
     return _epoch_axis(fig, df["x"]) if len(df) else fig
+
+
+def threshold_overlay(
+    curves: pd.DataFrame, labels: Mapping[str, str], curve: str = "selective_accuracy",
+    ranks: Sequence[str] | None = None,
+) -> go.Figure:
+    """One threshold curve (``value`` vs ``tau``) of several runs, one subplot per rank.
+
+    ``curves``: ``run_id, epoch, rank, curve, tau, value`` with one epoch per run (the caller picks
+    each run's selected or last epoch; a run given several keeps its latest, as :func:`threshold_curves`).
+    ``labels``: run id -> name, in the order the runs get their colours (a run missing from it comes
+    after, named by its id); a run keeps its colour in every subplot. ``ranks``: the subplots, coarse
+    to fine (None: the frame's ranks in their row order). One trace per (rank, run) that has the
+    curve, in rank-major order; each run's first trace carries its legend entry. Names are shown as text
+    (:func:`plotly_text`).
+    """
+    labels = dict(labels)
+    sub = curves[curves["curve"] == curve]
+    if "epoch" in sub and len(sub):
+        latest = sub.groupby("run_id")["epoch"].transform("max")
+        sub = sub[sub["epoch"] == latest]
+    ranks = list(ranks) if ranks is not None else list(dict.fromkeys(curves["rank"]))
+    order = [*labels, *(r for r in dict.fromkeys(sub["run_id"]) if r not in labels)]
+    colours = {run: PALETTE[i % len(PALETTE)] for i, run in enumerate(order)}
+    label = CURVE_LABELS.get(curve, curve)
+    fig = make_subplots(rows=1, cols=max(len(ranks), 1), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"<b>{plotly_text(r)}</b>" for r in ranks] or None)
+    in_legend: set[str] = set()
+    for col, rank in enumerate(ranks, start=1):
+        at_rank = sub[sub["rank"] == rank]
+        for run in order:
+            c = at_rank[at_rank["run_id"] == run].sort_values("tau")
+            if c.empty:
+                continue
+            name = plotly_text(labels.get(run, run))
+            fig.add_trace(go.Scatter(
+                x=c["tau"].to_numpy(dtype=float), y=c["value"].to_numpy(dtype=float), mode="lines", name=name,
+                legendgroup=str(run), showlegend=run not in in_legend, line={"color": colours[run], "width": 2},
+                hovertemplate=f"{name}<br>τ %{{x:.2f}}: %{{y:.4f}}<extra>{plotly_text(rank)}</extra>",
+            ), row=1, col=col)
+            in_legend.add(run)
+        fig.update_xaxes(title_text="τ (confidence)", row=1, col=col)
+    _layout(fig, plotly_text(f"{label} vs threshold τ, per rank"), "", label if ranks else "", height=380)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[-0.02, 1.05])
+    fig.update_layout(hovermode="closest", uirevision=OVERLAY_UIREVISION)
+    return fig
+
+
+# ---------------------------------------------------------------------- sweep analyses
+IMPORTANCE_COLOUR = CHAIN_COLOUR
+
+
+def importance_bar(importance: pd.Series, title: str | None = None) -> go.Figure:
+    """Horizontal bars of :func:`workbench.importance.param_importance`'s Series (key -> share of the
+    variance, summing to 1), the most important key on top; keys shown as text (:func:`plotly_text`)."""
+    s = importance.sort_values(ascending=True, kind="stable")  # plotly draws the first bar at the bottom
+    keys = [plotly_text(k) for k in s.index]
+    fig = go.Figure(go.Bar(
+        x=s.to_numpy(dtype=float), y=keys, orientation="h", marker={"color": IMPORTANCE_COLOUR},
+        text=[f"{v:.0%}" for v in s], textposition="auto", hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+    ))
+    objective = metric_label(str(importance.name)) if importance.name is not None else "the objective"
+    _layout(fig, plotly_text(title or f"Parameter importance for {objective} (fANOVA)"), "share of variance", "",
+            height=max(200, 70 + 38 * len(keys)))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(hovermode="closest", showlegend=False)
+    return fig
+
+
+def slice_plot(table: pd.DataFrame, params: Sequence[str], objective: str, hover: str | None = None) -> go.Figure:
+    """``objective`` against each key of ``params``: one subplot per key, each run a point, the mean of
+    ``objective`` per value of the key a line (sorted by value).
+
+    ``table``: one row per run (rows without the objective are left out). Numeric keys get a numeric
+    axis; others (text, booleans, lists) a categorical one, values as text in sorted order. ``hover``:
+    a column naming each point (default: the index, e.g. the run id). Traces per key: points, then mean.
+    """
+    df = table[pd.to_numeric(table[objective], errors="coerce").notna()]
+    params = list(params)
+    fig = make_subplots(rows=1, cols=max(len(params), 1), shared_yaxes=True, horizontal_spacing=0.05,
+                        subplot_titles=[plotly_text(p) for p in params] or None)
+    names = (df[hover] if hover else df.index.to_series()).map(plotly_text).to_numpy()
+    y = df[objective].to_numpy(dtype=float)
+    for col, key in enumerate(params, start=1):
+        values = df[key]
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        x = values.to_numpy(dtype=float) if numeric else _comparable(values).astype(str).map(plotly_text).to_numpy()
+        mean = pd.Series(y).groupby(x).mean()  # sorted by value (numbers, or text)
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="markers", name="runs", legendgroup="runs", showlegend=col == 1, text=names,
+            marker={"color": CHAIN_COLOUR, "size": 8, "opacity": 0.7},
+            hovertemplate="%{text}<br>%{x}: %{y:.4f}<extra></extra>",
+        ), row=1, col=col)
+        fig.add_trace(go.Scatter(
+            x=mean.index.to_numpy(), y=mean.to_numpy(dtype=float), mode="lines+markers", name="mean per value",
+            legendgroup="mean", showlegend=col == 1, line={"color": PARTIAL_COLOUR, "width": 2},
+            hovertemplate="%{x}: mean %{y:.4f}<extra></extra>",
+        ), row=1, col=col)
+        if not numeric:
+            fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(mean.index), row=1, col=col)
+    label = metric_label(objective)
+    _layout(fig, plotly_text(f"{label} against each swept key"), "", plotly_text(label), height=380)
+    fig.update_layout(hovermode="closest")
+    return fig
 
 
 # ---------------------------------------------------------------------- run tables

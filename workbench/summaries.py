@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-from workbench.names import SELECT_BY_DEFAULT, direction
+from workbench.names import SELECT_BY_DEFAULT, SUMMARY_HOWS, direction
 from workbench.store import metric_split  # the one home of "which split is this key" (a pure function)
 
-HOWS = ("last", "best", "min", "max", "selected")
+HOWS = SUMMARY_HOWS  # one home: workbench.names
 EXTREMES = ("best", "min", "max")  # the hows that pick a value over epochs: never applied to test keys
 TEST_SPLIT = "test"
 

@@ -43,7 +43,7 @@ ALIASES = {
 }
 from workbench.names import (  # noqa: E402,F401 (one home: names.py; re-exported here)
     DEFAULT_STORE, MAX_TRIALS, RESULT_NEUTRAL_KEYS, RESULTS_DIR, SELECT_BY_DEFAULT as SELECTION_METRIC, STATUS_FILE, SWEEP_ACTIVE,
-    SWEEP_STATUSES, SWEEPS_DIR, wandb_dir_for,
+    SEED_KEY, SWEEP_STATUSES, SWEEPS_DIR, wandb_dir_for,
 )
 
 # a sweep's life, as recorded in <store dir>/sweeps/<sweep id>/status.json (see write_sweep_status)
@@ -98,8 +98,8 @@ class SweepSpec:
 
     def resolved_grid(self) -> dict[str, list]:
         grid = {ALIASES.get(k, k): list(v) for k, v in self.grid.items()}
-        if self.seeds > 1 or "TRAIN.SEED" not in grid:
-            grid["TRAIN.SEED"] = list(range(self.seeds))
+        if self.seeds > 1 or SEED_KEY not in grid:
+            grid[SEED_KEY] = list(range(self.seeds))
         return grid
 
     def validate(self) -> None:
@@ -646,7 +646,7 @@ def _tune_config(spec: SweepSpec, settings: SweepSettings, base: dict):
         kwargs["scheduler"] = ASHAScheduler(time_attr="training_iteration", max_t=base["TRAIN"]["EPOCHS"] + 1,
                                             grace_period=1)
     if settings.optuna:
-        if spec.grid and any(len(v) > 1 for k, v in spec.resolved_grid().items() if k != "TRAIN.SEED"):
+        if spec.grid and any(len(v) > 1 for k, v in spec.resolved_grid().items() if k != SEED_KEY):
             raise ConfigError("Optuna search takes distributions (--dist), not grids; drop the grid or --optuna")
         from ray.tune.search.optuna import OptunaSearch
 
@@ -666,7 +666,7 @@ def _absolute_paths(config: dict) -> dict:
 
 def swept_keys(spec: SweepSpec) -> list[str]:
     """The config keys that vary across trials (seeds excluded): the results table's groups."""
-    keys = [k for k, v in spec.resolved_grid().items() if k != "TRAIN.SEED" and len(v) > 1]
+    keys = [k for k, v in spec.resolved_grid().items() if k != SEED_KEY and len(v) > 1]
     return keys + [ALIASES.get(k, k) for k in spec.distributions]
 
 

@@ -21,8 +21,8 @@ import pandas as pd
 
 from workbench.config import flatten
 from workbench.names import (
-    ACC, SELECT_BY_DEFAULT, TEST_CHAIN_ACC, TEST_PARTIAL_CHAIN_ACC, VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC, core_key,
-    rank_key, val_acc,
+    ACC, SELECT_BY_DEFAULT, SELECT_BY_KEY, TEST_CHAIN_ACC, TEST_PARTIAL_CHAIN_ACC, VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC,
+    core_key, rank_key, val_acc,
 )
 from workbench.store import RunStore
 from workbench.summaries import (
@@ -32,7 +32,6 @@ from workbench.summaries import (
 SUMMARY_METRICS_PREFIX = (val_acc(""), VAL_CHAIN_ACC, VAL_PARTIAL_CHAIN_ACC)  # the val numbers summarized
 TEST_METRICS_PREFIX = (rank_key("test", ACC, ""), TEST_CHAIN_ACC, TEST_PARTIAL_CHAIN_ACC)  # and their test twins
 NO_TEST_NOTE = "no test split: val numbers (selection bias)"
-SELECT_BY_KEY = "TRAIN.SELECT_BY"  # in a run's flat config
 
 
 def store_tidy(store: RunStore, sweep_id: str) -> pd.DataFrame:
