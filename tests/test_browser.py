@@ -206,6 +206,7 @@ def test_live_chart_grows_without_reload(server, tmp_path):
         overlay = page.evaluate("""() => document.querySelector('.st-key-ru_overlay .js-plotly-plot')
             ._fullData.map(t => t.name)""")
         assert len(overlay) == 4 and "tiny-w0.2" in overlay
+        page.locator("h1").first.scroll_into_view_if_needed()  # the view switch scrolled down: the table on top
         page.screenshot(path=str(shots_dir / "runs.png"))
 
 

@@ -376,6 +376,10 @@ def overlay(
     return _epoch_axis(fig, df["x"]) if len(df) else fig
 
 
+THRESHOLD_LEGEND_PER_ROW = 2  # runs per legend row under the threshold overlay (labels are long)
+LEGEND_ROW_PX = 22  # px of one legend row
+
+
 def threshold_overlay(
     curves: pd.DataFrame, labels: Mapping[str, str], curve: str = "selective_accuracy",
     ranks: Sequence[str] | None = None,
@@ -416,10 +420,17 @@ def threshold_overlay(
             ), row=1, col=col)
             in_legend.add(run)
         fig.update_xaxes(title_text="τ (confidence)", row=1, col=col)
-    _layout(fig, plotly_text(f"{label} vs threshold τ, per rank"), "", label if ranks else "", height=380)
+    # the legend (one entry per run, long labels) goes under the panels: above them it wraps onto the rank titles
+    legend_rows = -(-len(in_legend) // THRESHOLD_LEGEND_PER_ROW)
+    plot_px, below_px = 250, 60  # the panels' height; the x-axis title's band under them, above the legend
+    _layout(fig, plotly_text(f"{label} vs threshold τ, per rank"), "", label if ranks else "",
+            height=70 + plot_px + below_px + LEGEND_ROW_PX * legend_rows)
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[-0.02, 1.05])
-    fig.update_layout(hovermode="closest", uirevision=OVERLAY_UIREVISION)
+    fig.update_layout(hovermode="closest", uirevision=OVERLAY_UIREVISION,
+                      margin={"t": 70, "b": below_px + LEGEND_ROW_PX * legend_rows},
+                      legend={"orientation": "h", "yanchor": "top", "y": -(below_px - 8) / plot_px,
+                              "xanchor": "left", "x": 0.0})
     return fig
 
 
