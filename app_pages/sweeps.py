@@ -17,7 +17,8 @@ import streamlit as st
 from app_pages import _shared as sh
 from workbench import plots
 from workbench.config import ConfigError
-from workbench.importance import SEED_KEY, param_importance
+from workbench.importance import param_importance
+from workbench.names import SEED_KEY
 from workbench.launch import LaunchError, launch_sweep, list_sweeps, log_path, log_tail, stop_sweep
 from workbench.store import metric_split
 from workbench.sweep import SWEEP_ACTIVE

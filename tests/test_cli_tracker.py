@@ -21,6 +21,7 @@ from workbench.names import (
 from workbench.store import RunStore
 from workbench.summaries import HOWS, metric_values
 from workbench.tracker import ABSENT, RUN_COLUMNS, diff_configs, lineage, run_table
+from test_store_tracker import snapshot  # every row of every table (one helper for both files)
 
 REPO = Path(__file__).resolve().parents[1]
 ODD_TAGS = ["it's \"quoted\"", "<b>bold</b>", "🎉 party", "[x](http://e.com)"]
@@ -31,16 +32,6 @@ def cli(*argv, stdin: str | None = None) -> subprocess.CompletedProcess:
     """``python -m workbench ARGV`` in a fresh interpreter; stdin is a pipe (never a terminal)."""
     return subprocess.run([sys.executable, "-m", "workbench", *map(str, argv)], cwd=REPO, input=stdin or "",
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
-
-
-def snapshot(path: Path) -> dict[str, list]:
-    """Every row of every table of the store, in a fixed order (to prove a refused command changed nothing)."""
-    con = sqlite3.connect(path)
-    try:
-        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
-    finally:
-        con.close()
 
 
 @pytest.fixture

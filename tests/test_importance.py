@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.importance import SEED_KEY, param_importance
+from workbench.importance import param_importance
+from workbench.names import SEED_KEY
 
 
 def synthetic(n_seeds: int = 3, noise: float = 0.002) -> pd.DataFrame:

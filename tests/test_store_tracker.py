@@ -64,11 +64,12 @@ def store(tmp_path):
 
 
 def snapshot(path: Path) -> dict:
-    """Every row of every table (a fresh connection of its own)."""
+    """Every row of every table (a fresh connection of its own), in a fixed order: to prove a refused
+    command changed nothing (also used by tests/test_cli_tracker.py)."""
     con = sqlite3.connect(path)
     try:
         names = [n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {n: sorted(con.execute(f"SELECT * FROM {n}").fetchall(), key=repr) for n in names}
+        return {n: sorted(con.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr) for n in names}
     finally:
         con.close()
 
