@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from workbench.config import Config, ConfigError, DataConfig
+from workbench.config import Config, ConfigError, DataConfig, LossConfig, TrainConfig
 from workbench.launch import default_store_path
 from workbench.store import RunStore
 
@@ -113,7 +113,10 @@ PERSIST_KEYS = (
     "tr_w", "tr_head", "tr_cw", "tr_mask_on", "tr_p0", "tr_p1", "tr_e0", "tr_e1", "tr_phase1", "tr_epochs",
     "tr_bs", "tr_lr", "tr_seed", "tr_wandb", "tr_wandb_mode", "tr_wandb_project", "tr_name", "tr_hidden",
     "tr_dropout", "tr_wd", "tr_watch", "tr_img_backbone", "tr_width", "tr_depth", "tr_arch", "tr_freeze",
-    "tr_pretrained",
+    "tr_pretrained", "tr_set_backbone", "tr_pool",
+    # the recipe and the loss preset (issue 18)
+    "tr_lr_schedule", "tr_warmup", "tr_lr_steps", "tr_lr_gamma", "tr_clip_on", "tr_clip", "tr_accumulate",
+    "tr_loss_preset", "tr_hxe_alpha", "tr_soft_beta", "tr_ls", "tr_smoothing",
     "ru_status", "ru_data", "ru_search", "ru_key", "ru_smooth", "ru_group", "ru_color", "ru_view", "ru_x",
     "ru_split", "ru_split_by", "ru_continue", "ru_summary", "ru_filter", "ru_tag_filter", "ru_show_archived",
     "ru_band", "ru_thresh_rank", "ru_thresh_epoch", "ru_live",
@@ -160,6 +163,13 @@ def set_data_section(data: dict) -> None:
 # chosen DATA section are therefore also kept in <store dir>/ui_state.json (one file per store, shared
 # by the tabs that use it: the last change wins) and read back when a session starts.
 from workbench.names import UI_STATE_FILE  # noqa: E402 (one home: names.py)
+
+# first values of widgets whose config key is null by default (the widget is off or disabled until chosen): a
+# small HXE alpha, a moderate soft-label beta, max norm 1; starting points to edit, not recommendations
+HXE_ALPHA_START = 0.1
+SOFT_BETA_START = 10.0
+CLIP_NORM_START = 1.0
+LOSS_PRESETS = {"w": "w (coarse-rank weight)", "hxe": "HXE (α)", "soft": "Soft labels (β)"}
 # the Train form's value widgets and their first values (every key the page's form_config reads);
 # config_to_form fills the same keys from a run's config
 FORM_DEFAULTS: dict[str, Any] = {
@@ -169,6 +179,16 @@ FORM_DEFAULTS: dict[str, Any] = {
     "tr_hidden": ", ".join(map(str, DEFAULT_MODEL["HIDDEN"])), "tr_dropout": 0.1, "tr_wd": 1e-4,
     "tr_img_backbone": "resnet", "tr_width": 32, "tr_depth": 1, "tr_arch": "resnet18", "tr_freeze": False,
     "tr_pretrained": "", "tr_set_backbone": "set_attention", "tr_pool": "attention",
+    # the training recipe: the config's own defaults, so an untouched form trains what it did before issue 18
+    "tr_lr_schedule": TrainConfig.model_fields["LR_SCHEDULE"].default,
+    "tr_warmup": float(TrainConfig.model_fields["WARMUP_EPOCHS"].default), "tr_lr_steps": "",
+    "tr_lr_gamma": float(TrainConfig.model_fields["LR_GAMMA"].default),
+    "tr_clip_on": TrainConfig.model_fields["CLIP_GRAD_NORM"].default is not None, "tr_clip": CLIP_NORM_START,
+    "tr_accumulate": int(TrainConfig.model_fields["ACCUMULATE"].default),
+    # the loss preset: w (LOSS.W's rank weights), hxe (LOSS.HXE_ALPHA) or soft (LOSS.SOFT_LABELS_BETA)
+    "tr_loss_preset": "w", "tr_hxe_alpha": HXE_ALPHA_START, "tr_soft_beta": SOFT_BETA_START,
+    "tr_ls": float(LossConfig.model_fields["LABEL_SMOOTHING"].default),
+    "tr_smoothing": LossConfig.model_fields["SMOOTHING"].default,
 }
 FORM_KEYS = tuple(FORM_DEFAULTS)
 
@@ -222,8 +242,13 @@ def sync_ui_state() -> None:
 
 
 def config_to_form(config: dict) -> dict[str, Any]:
-    """The Train form's values (:data:`FORM_KEYS`) for a run's config: the inverse of the page's ``form_config``."""
+    """The Train form's values (:data:`FORM_KEYS`) for a run's config: the inverse of the page's ``form_config``.
+
+    A recipe or loss key a stored config lacks (a run from before issue 18) gets the config's default, so a
+    loaded old run never keeps the recipe the form had before."""
     model, loss, train = config.get("MODEL", {}), config.get("LOSS", {}), config.get("TRAIN", {})
+    recipe = {**TrainConfig().model_dump(), **train}
+    targets = {**LossConfig().model_dump(), **loss}
     nm = config.get("SCHEDULE", {}).get("NULL_MASKING", {})
     tracking = config.get("TRACKING", {})
     wandb = tracking.get("WANDB", {})
@@ -245,8 +270,26 @@ def config_to_form(config: dict) -> dict[str, Any]:
         # a set run's backbone; other runs leave the set widgets at their defaults (shown for set data only)
         "tr_set_backbone": "set_attention" if model.get("BACKBONE") == "set_attention" else FORM_DEFAULTS["tr_set_backbone"],
         "tr_pool": model.get("POOL") or FORM_DEFAULTS["tr_pool"],
+        # the recipe; a null CLIP_GRAD_NORM is the toggle off (the norm widget keeps its first value)
+        "tr_lr_schedule": recipe["LR_SCHEDULE"], "tr_warmup": float(recipe["WARMUP_EPOCHS"]),
+        "tr_lr_steps": format_numbers(recipe["LR_STEPS"] or []), "tr_lr_gamma": float(recipe["LR_GAMMA"]),
+        "tr_clip_on": recipe["CLIP_GRAD_NORM"] is not None,
+        "tr_clip": CLIP_NORM_START if recipe["CLIP_GRAD_NORM"] is None else float(recipe["CLIP_GRAD_NORM"]),
+        "tr_accumulate": int(recipe["ACCUMULATE"]),
+        # the loss preset: HXE_ALPHA wins over SOFT_LABELS_BETA (config_not_in_form names a config with both)
+        "tr_loss_preset": loss_preset(targets),
+        "tr_hxe_alpha": HXE_ALPHA_START if targets["HXE_ALPHA"] is None else float(targets["HXE_ALPHA"]),
+        "tr_soft_beta": SOFT_BETA_START if targets["SOFT_LABELS_BETA"] is None else float(targets["SOFT_LABELS_BETA"]),
+        "tr_ls": float(targets["LABEL_SMOOTHING"]), "tr_smoothing": targets["SMOOTHING"],
     }
     return {k: v for k, v in values.items() if v is not None}
+
+
+def loss_preset(loss: dict) -> str:
+    """The Train form's loss preset (a :data:`LOSS_PRESETS` key) of a config's ``LOSS`` section."""
+    if loss.get("HXE_ALPHA") is not None:
+        return "hxe"
+    return "soft" if loss.get("SOFT_LABELS_BETA") is not None else "w"
 
 
 # the config keys the Train form sets (config_to_form's sources); DATA is carried whole
@@ -256,6 +299,8 @@ FORM_CONFIG_KEYS = frozenset((
     "SCHEDULE.NULL_MASKING.START_PROB", "SCHEDULE.NULL_MASKING.END_PROB", "SCHEDULE.NULL_MASKING.START_EPOCH",
     "SCHEDULE.NULL_MASKING.END_EPOCH", "MODEL.BACKBONE", "MODEL.WIDTH", "MODEL.DEPTH", "MODEL.ARCH",
     "MODEL.FREEZE_BACKBONE", "MODEL.PRETRAINED", "MODEL.POOL",
+    "TRAIN.LR_SCHEDULE", "TRAIN.WARMUP_EPOCHS", "TRAIN.LR_STEPS", "TRAIN.LR_GAMMA", "TRAIN.CLIP_GRAD_NORM",
+    "TRAIN.ACCUMULATE", "LOSS.LABEL_SMOOTHING", "LOSS.SMOOTHING", "LOSS.SOFT_LABELS_BETA", "LOSS.HXE_ALPHA",
 ))
 
 
@@ -272,6 +317,10 @@ def config_not_in_form(config: dict) -> list[str]:
     carried = ("mlp", *IMAGE_BACKBONES, *(SET_BACKBONES if is_set_data(config.get("DATA") or {}) else ()))
     if backbone not in carried:  # the form offers mlp for tables, IMAGE_BACKBONES for images, set_attention for sets
         left_out.insert(0, f"MODEL.BACKBONE={backbone}")
+    loss = config.get("LOSS") or {}
+    if loss.get("HXE_ALPHA") is not None and loss.get("SOFT_LABELS_BETA") is not None:
+        # the form's loss preset is one of w, HXE and soft labels: it carries HXE (loss_preset) and drops beta
+        left_out.append(f"LOSS.SOFT_LABELS_BETA={loss['SOFT_LABELS_BETA']}")
     return left_out
 
 
@@ -302,6 +351,11 @@ def parse_numbers(text: str, kind=float, what: str = "value") -> list:
     if not out:
         raise ConfigError(f"{what}: give at least one number")
     return out
+
+
+def format_numbers(values) -> str:
+    """``[10.0, 12.5]`` -> ``"10, 12.5"``: the text :func:`parse_numbers` reads back to the same numbers."""
+    return ", ".join(f"{v:g}" if float(f"{v:g}") == v else repr(float(v)) for v in values)
 
 
 def build_config(data: dict, model: dict, loss: dict, train: dict, schedule: dict, tracking: dict) -> Config:

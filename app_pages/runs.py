@@ -32,7 +32,7 @@ FINAL_LABELS = {N.VAL_PARTIAL_CHAIN_ACC: "val partial-chain", N.VAL_CHAIN_ACC: "
                 N.VAL_LOSS: "val loss", N.VAL_CONSISTENCY: "consistency", N.VAL_HDIST: "hdist@1"}
 OVERLAY_KEYS = [N.VAL_PARTIAL_CHAIN_ACC, N.VAL_CHAIN_ACC, N.TRAIN_PARTIAL_CHAIN_ACC,
                 N.TRAIN_CHAIN_ACC, N.VAL_LOSS, N.TRAIN_LOSS, N.VAL_CONSISTENCY, N.VAL_SEVERITY,
-                N.VAL_HDIST, N.NULL_INCLUSION_PROB, N.EPOCH_SECONDS]
+                N.VAL_HDIST, N.NULL_INCLUSION_PROB, N.LEARNING_RATE, N.EPOCH_SECONDS]
 MAX_DEFAULT_COMPARE = 8
 RANK_KEYS = {N.val_acc(""): "acc ", N.best_tau(""): "best τ "}  # per-rank metrics: key prefix -> column prefix
 HOW_HELP = {  # what each summary choice means (the caption under the choice, the columns' and the CSV's help)

@@ -33,13 +33,14 @@ LOG_LINES = 400  # of the sweep driver's log shown in the page
 # the form's labels say what a value does; the help names the config key (as on the Train page)
 W_LABEL = "Hierarchical loss weight w (values)"
 END_LABEL = "Null-label ramp ends at epoch (values)"
+HXE_LABEL = "HXE α (values, optional)"
 PHASE1_LABELS = {"false": "off: nulls count (by the schedule)", "true": "on: nulls never count",
                  "both": "both (a grid over on and off)"}
 
 st.title(":material/tune: Sweeps")
 st.caption(
-    "A Ray Tune grid over the hierarchical loss weight w (and optionally the null-masking ramp's end "
-    "epoch and the phase-1 flag), repeated over seeds. Trials report every epoch; the sweep's driver "
+    "A Ray Tune grid over the hierarchical loss weight w or the HXE α (and optionally the null-masking ramp's "
+    "end epoch and the phase-1 flag), repeated over seeds. Trials report every epoch; the sweep's driver "
     "writes them into the run store, so this page follows them live wherever they run."
 )
 
@@ -55,6 +56,23 @@ def request_stop(sweep_id: str) -> None:
         ss.sw_flash = ("error", str(e))
     else:
         ss.sw_flash = ("warning", f"Stopped sweep {sweep_id}.")
+
+
+def sweep_loss_grid(w_text: str, hxe_text: str) -> dict[str, list]:
+    """The loss part of the grid: ``LOSS.W`` values, or ``LOSS.HXE_ALPHA`` values with at most one w.
+
+    HXE's α sets the rank weights, so a w grid beside it would train the same loss several times:
+    a grid of α with more than one w is refused (:class:`ConfigError`); one w (or none) is allowed."""
+    if not hxe_text.strip():
+        return {"LOSS.W": sh.parse_numbers(w_text, float, W_LABEL)}
+    grid = {"LOSS.HXE_ALPHA": sh.parse_numbers(hxe_text, float, HXE_LABEL)}
+    if w_text.strip():
+        w = sh.parse_numbers(w_text, float, W_LABEL)
+        if len(w) > 1:
+            raise ConfigError(f"{HXE_LABEL}: HXE's α sets the rank weights, so w is not used; give one w value "
+                              f"(or clear the HXE values to sweep w), got w = {', '.join(f'{v:g}' for v in w)}")
+        grid["LOSS.W"] = w
+    return grid
 
 
 sweeps = list_sweeps(store)
@@ -80,6 +98,10 @@ with st.expander("Launch a sweep", expanded=sweeps.empty):
                               key="sw_phase1", help="TRAIN.PHASE1_MASK_NULL_LOSS: null labels are left out of the loss.")
         concurrent = c6.number_input("Trials at once", 1, 64, 2, key="sw_concurrent",
                                      help="Ray Tune's max_concurrent_trials; each trial uses one CPU.")
+        hxe_text = st.text_input(
+            HXE_LABEL, "", key="sw_hxe",
+            help="LOSS.HXE_ALPHA, comma-separated values >= 0; empty = no HXE. Every trial then trains HXE(α) on the "
+                 "marginal head (MODEL.HEAD marginal); α sets the rank weights, so w is not used: give at most one w.")
         address = st.text_input("Ray cluster address (optional)", "", key="sw_address",
                                 help="Empty = a local Ray instance on 127.0.0.1; 'auto' or host:port = a running cluster.")
         use_wandb = st.toggle("Log trials to Weights & Biases (offline)", value=False, key="sw_wandb")
@@ -91,7 +113,7 @@ with st.expander("Launch a sweep", expanded=sweeps.empty):
         start = st.form_submit_button("Start sweep", type="primary", icon=":material/play_arrow:")
     if start:
         try:
-            grid = {"LOSS.W": sh.parse_numbers(w_text, float, W_LABEL)}
+            grid = sweep_loss_grid(w_text, hxe_text)
             if end_text.strip():
                 grid["SCHEDULE.NULL_MASKING.END_EPOCH"] = sh.parse_numbers(end_text, float, END_LABEL)
             grid["TRAIN.PHASE1_MASK_NULL_LOSS"] = [True, False] if phase1 == "both" else [phase1 == "true"]
@@ -99,6 +121,8 @@ with st.expander("Launch a sweep", expanded=sweeps.empty):
             # one that trains everywhere; other image backbones: a sweep config from the CLI), tables the MLP
             model = ({"BACKBONE": "set_attention"} if sh.is_set_data(data)
                      else {"BACKBONE": "resnet", "HIDDEN": []} if data.get("NAME") in sh.IMAGE_SOURCES else {})
+            if "LOSS.HXE_ALPHA" in grid:  # HXE is defined on the marginal head only (the config refuses others)
+                model["HEAD"] = "marginal"
             config = sh.build_config(data, model, {}, {"EPOCHS": int(epochs)}, {}, {"STORE": str(store.path)})
             sweep_id = launch_sweep(config, grid, seeds=int(seeds), store_path=store.path, max_concurrent=int(concurrent),
                                     address=address.strip() or None, wandb=use_wandb, allow_concurrent=alongside)
@@ -195,7 +219,7 @@ def live_sweep(sweep_id: str, was_active: bool) -> None:
                         icon=":material/hourglass_top:")
             return
         tidy = store_tidy(store, sweep_id)
-        keys = [k for k in ("LOSS.W", "SCHEDULE.NULL_MASKING.END_EPOCH", "TRAIN.PHASE1_MASK_NULL_LOSS")
+        keys = [k for k in ("LOSS.W", "LOSS.HXE_ALPHA", "SCHEDULE.NULL_MASKING.END_EPOCH", "TRAIN.PHASE1_MASK_NULL_LOSS")
                 if k in trials and trials[k].nunique() > 1] or ["LOSS.W"]
         if not tidy.empty:
             summary = summarize(tidy, keys)

@@ -41,10 +41,22 @@ def is_image_data(data: dict) -> bool:
     return data.get("NAME") in sh.IMAGE_SOURCES
 
 
+def preset_forces() -> dict:
+    """Form values the loss preset decides: HXE needs the marginal head (LOSS.HXE_ALPHA requires it), soft
+    labels replace label smoothing (the config refuses both). The page writes them into the (then disabled)
+    widgets before drawing them, so the form shows what the run gets; :func:`form_config` reads them too."""
+    return {"hxe": {"tr_head": "marginal"}, "soft": {"tr_ls": 0.0}}.get(ss.tr_loss_preset, {})
+
+
+def form_value(key: str):
+    """The form's value of ``key`` as a run gets it (:func:`preset_forces` first, else the widget's)."""
+    return preset_forces().get(key, ss[key])
+
+
 def model_section(data: dict) -> dict:
     """``MODEL`` from the form: an image backbone for image data, the set backbone for set data, the MLP otherwise."""
     hidden = sh.parse_numbers(ss.tr_hidden, int, "Hidden layer sizes")
-    model = {**sh.DEFAULT_MODEL, "HEAD": ss.tr_head, "HIDDEN": hidden, "DROPOUT": float(ss.tr_dropout)}
+    model = {**sh.DEFAULT_MODEL, "HEAD": form_value("tr_head"), "HIDDEN": hidden, "DROPOUT": float(ss.tr_dropout)}
     if sh.is_set_data(data):
         model["BACKBONE"] = ss.tr_set_backbone
         if ss.tr_set_backbone == "set_attention":
@@ -61,15 +73,35 @@ def model_section(data: dict) -> dict:
     return model
 
 
+def loss_section() -> dict:
+    """``LOSS`` from the form: w and class weights, the preset's HXE alpha or soft-label beta, label smoothing."""
+    preset = ss.tr_loss_preset
+    return {"W": float(ss.tr_w), "CLASS_WEIGHTS": ss.tr_cw,
+            "HXE_ALPHA": float(ss.tr_hxe_alpha) if preset == "hxe" else None,
+            "SOFT_LABELS_BETA": float(ss.tr_soft_beta) if preset == "soft" else None,
+            "LABEL_SMOOTHING": float(form_value("tr_ls")), "SMOOTHING": ss.tr_smoothing}
+
+
+def recipe_section() -> dict:
+    """The recipe part of ``TRAIN`` (LR schedule, warmup, clipping, accumulation); LR steps only for ``step``."""
+    step = ss.tr_lr_schedule == "step"
+    return {"LR_SCHEDULE": ss.tr_lr_schedule, "WARMUP_EPOCHS": float(ss.tr_warmup),
+            # the step schedule's epochs; empty text is left to the config's message ("must list at least one")
+            "LR_STEPS": sh.parse_numbers(ss.tr_lr_steps, float, "LR steps") if step and ss.tr_lr_steps.strip() else [],
+            "LR_GAMMA": float(ss.tr_lr_gamma), "CLIP_GRAD_NORM": float(ss.tr_clip) if ss.tr_clip_on else None,
+            "ACCUMULATE": int(ss.tr_accumulate)}
+
+
 def form_config():
-    """The run config from the form's widgets (``ConfigError`` on a bad value)."""
+    """The run config from the form's widgets (``ConfigError`` on a bad value or combination)."""
     data = sh.data_section()
     return sh.build_config(
         data=data,
         model=model_section(data),
-        loss={"W": float(ss.tr_w), "CLASS_WEIGHTS": ss.tr_cw},
+        loss=loss_section(),
         train={"EPOCHS": int(ss.tr_epochs), "BATCH_SIZE": int(ss.tr_bs), "LR": float(ss.tr_lr),
-               "WEIGHT_DECAY": float(ss.tr_wd), "SEED": int(ss.tr_seed), "PHASE1_MASK_NULL_LOSS": bool(ss.tr_phase1)},
+               "WEIGHT_DECAY": float(ss.tr_wd), "SEED": int(ss.tr_seed), "PHASE1_MASK_NULL_LOSS": bool(ss.tr_phase1),
+               **recipe_section()},
         schedule={"ENABLED": bool(ss.tr_mask_on), "START_PROB": float(ss.tr_p0), "END_PROB": float(ss.tr_p1),
                   "START_EPOCH": float(ss.tr_e0), "END_EPOCH": float(ss.tr_e1)},
         tracking={"STORE": str(sh.store_path()), "RUN_NAME": ss.tr_name.strip() or None,
@@ -183,6 +215,70 @@ def image_backbone_widgets() -> None:
     c2.toggle("Freeze backbone", key="tr_freeze", help="Train the heads only (MODEL.FREEZE_BACKBONE).")
 
 
+def loss_widgets() -> None:
+    """The loss preset (w, HXE(alpha), soft labels(beta)), label smoothing, the head and class weights."""
+    for key, value in preset_forces().items():  # before the widgets are drawn: they show what the run gets
+        ss[key] = value
+    preset = ss.tr_loss_preset
+    st.radio("Loss preset", list(sh.LOSS_PRESETS), key="tr_loss_preset", horizontal=True,
+             format_func=sh.LOSS_PRESETS.get,
+             help="w: rank weights from w (below). HXE (α): Making Better Mistakes' hierarchical cross-entropy, "
+                  "rank weights exp(-α depth) on the marginal head (LOSS.HXE_ALPHA). Soft labels (β): targets "
+                  "exp(-β LCA height) over the classes, rank weights from w (LOSS.SOFT_LABELS_BETA).")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    c1.slider("Coarse-rank weight w", 0.0, 1.0, step=0.05, key="tr_w", disabled=preset == "hxe",
+              help="Loss = w x coarse-rank CE + (1 - w) x finest-rank CE; with more ranks the coarser ones "
+                   "share w equally." + (" Not used by HXE: α sets the rank weights." if preset == "hxe" else ""))
+    c2.number_input("HXE α", 0.0, 100.0, step=0.05, key="tr_hxe_alpha", disabled=preset != "hxe", format="%g",
+                    help="LOSS.HXE_ALPHA: a node at depth d weighs exp(-α d); 0 = plain finest-rank CE, larger "
+                         "= more weight on the coarse ranks.")
+    c3.number_input("Soft-label β", 0.0, 1000.0, step=1.0, key="tr_soft_beta", disabled=preset != "soft",
+                    format="%g", help="LOSS.SOFT_LABELS_BETA: target of class c ∝ exp(-β x LCA height of the true "
+                                      "class and c); larger = closer to one-hot.")
+    c1, c2 = st.columns(2)
+    c1.number_input("Label smoothing ε", 0.0, 0.99, step=0.05, key="tr_ls", disabled=preset == "soft",
+                    format="%g", help="LOSS.LABEL_SMOOTHING: the target mass moved off the true class "
+                                      "(0 = one-hot)." + (" Off with soft labels." if preset == "soft" else ""))
+    c2.radio("Smoothing over", ["uniform", "taxonomy"], key="tr_smoothing", horizontal=True,
+             disabled=preset == "soft",
+             help="LOSS.SMOOTHING: ε spread evenly over the other classes, or more of it to taxonomic neighbours.")
+    c1, c2 = st.columns(2)
+    c1.radio("Head", ["independent", "marginal"], key="tr_head", horizontal=True, disabled=preset == "hxe",
+             help="independent: one softmax per rank. marginal: one softmax over the finest rank; coarser "
+                  "ranks are sums over their descendants (always consistent)."
+                  + (" HXE needs the marginal head." if preset == "hxe" else ""))
+    c2.radio("Class weights", ["none", "balanced"], key="tr_cw", horizontal=True,
+             help="balanced: n / (K x count) per class over labelled samples.")
+    if preset == "hxe":
+        st.caption("HXE is defined on one distribution over the finest rank: the run uses the marginal head.")
+
+
+def recipe_widgets() -> None:
+    """The training recipe (TRAIN.LR_SCHEDULE, WARMUP_EPOCHS, LR_STEPS, LR_GAMMA, CLIP_GRAD_NORM, ACCUMULATE)."""
+    with st.expander("Recipe: LR schedule, warmup, clipping, accumulation"):
+        step = ss.tr_lr_schedule == "step"
+        c1, c2, c3 = st.columns(3)
+        c1.selectbox("LR schedule", ["constant", "cosine", "step"], key="tr_lr_schedule",
+                     help="TRAIN.LR_SCHEDULE: constant LR; cosine decay to 0 at the last epoch (after warmup); or "
+                          "x γ at each LR step.")
+        c2.text_input("LR steps (epochs)", key="tr_lr_steps", disabled=not step, placeholder="e.g. 10, 15",
+                      help="TRAIN.LR_STEPS (step schedule only): increasing, comma-separated epochs at which the LR "
+                           "is multiplied by γ.")
+        c3.number_input("LR γ", 0.0, 1.0, step=0.05, key="tr_lr_gamma", disabled=not step, format="%g",
+                        help="TRAIN.LR_GAMMA (step schedule only): the factor applied at each LR step.")
+        c1, c2, c3 = st.columns(3)
+        c1.number_input("Warmup epochs", 0.0, 10_000.0, step=0.5, key="tr_warmup", format="%g",
+                        help="TRAIN.WARMUP_EPOCHS: the LR rises linearly from 0 over this many epochs (fractions "
+                             "allowed; 0 = off).")
+        c2.number_input("Accumulate batches", 1, 4096, step=1, key="tr_accumulate",
+                        help="TRAIN.ACCUMULATE: batches averaged into one optimizer step (effective batch = batch "
+                             "size x this).")
+        c3.toggle("Clipping", key="tr_clip_on",
+                  help="TRAIN.CLIP_GRAD_NORM: off, or rescale the gradient to at most this global L2 norm.")
+        c3.number_input("Max gradient norm", 0.0, 1e6, step=0.5, key="tr_clip", disabled=not ss.tr_clip_on,
+                        format="%g", help="The global L2 norm the gradient is clipped to before each step.")
+
+
 # ---------------------------------------------------------------------- configure
 st.title("Train")
 data = sh.data_section()
@@ -193,21 +289,14 @@ with st.container(border=True):
     left, right = st.columns([1.15, 1], gap="large")
     with left:
         st.subheader("Loss and model", divider="gray")
-        st.slider("Coarse-rank weight w", 0.0, 1.0, step=0.05, key="tr_w",
-                  help="Loss = w x coarse-rank CE + (1 - w) x finest-rank CE; with more ranks the coarser ones "
-                       "share w equally.")
-        c1, c2 = st.columns(2)
-        c1.radio("Head", ["independent", "marginal"], key="tr_head", horizontal=True,
-                 help="independent: one softmax per rank. marginal: one softmax over the finest rank; coarser "
-                      "ranks are sums over their descendants (always consistent).")
-        c2.radio("Class weights", ["none", "balanced"], key="tr_cw", horizontal=True,
-                 help="balanced: n / (K x count) per class over labelled samples.")
+        loss_widgets()
         st.subheader("Optimisation", divider="gray")
         c1, c2, c3, c4 = st.columns(4)
         c1.number_input("Epochs", 1, 10_000, step=1, key="tr_epochs")
         c2.select_slider("Batch size", choices(BATCH_CHOICES, ss.tr_bs), key="tr_bs")
         c3.select_slider("Learning rate", choices(LR_CHOICES, ss.tr_lr), key="tr_lr", format_func=lambda v: f"{v:g}")
         c4.number_input("Seed", 0, 1_000_000, step=1, key="tr_seed")
+        recipe_widgets()
         if is_image_data(data):
             image_backbone_widgets()
         elif sh.is_set_data(data):
@@ -255,14 +344,23 @@ with st.container(border=True):
         except ValueError as e:  # ScheduleError: start epoch after end epoch, ...
             st.error(sh.md_escape(e))
 
+    # the form's config, validated as a whole (Config's own rules: LR steps for step, HXE on the marginal head,
+    # ...); a problem is shown beside Start, and Start refuses the same config with the same message
+    try:
+        resolved, problem = form_config(), None
+    except ConfigError as e:
+        resolved, problem = None, e
     c1, c2 = st.columns([1, 4], vertical_alignment="center")
     c1.button("Start run", type="primary", icon=":material/play_arrow:", on_click=start_run, key="tr_start",
               width="stretch", disabled=set_backbone_refusal(data) is not None)
-    with c2.expander("Resolved config (YAML)"):
-        try:
-            st.code(form_config().to_yaml(), language="yaml")
-        except ConfigError as e:
-            st.error(sh.md_escape(e))
+    with c2:
+        if problem is not None:
+            st.error(sh.md_escape(problem), icon=":material/error:")
+        with st.expander("Resolved config (YAML)"):
+            if resolved is not None:
+                st.code(resolved.to_yaml(), language="yaml")
+            else:
+                st.caption("No valid config yet: see the error above.")
 
 flash = ss.pop("tr_flash", None)
 if flash:

@@ -22,7 +22,7 @@ LAB = Path(__file__).resolve().parent
 DOCS = LAB.parent / "docs"
 CHROMIUM = "/usr/bin/chromium"
 # screenshot window per notebook (the figure's width x height plus a margin)
-SIZES = {"01": "1100,380", "02": "1100,640", "03": "1100,450", "04": "1100,460", "05": "1100,480", "06": "1100,470", "08": "1100,460"}
+SIZES = {"01": "1100,380", "02": "1100,640", "03": "1100,450", "04": "1100,460", "05": "1100,480", "06": "1100,470", "08": "1100,460", "09": "1100,450", "10": "1100,520"}
 
 
 def execute(name: str, smoke: bool, timeout: int) -> Path:

@@ -1,4 +1,4 @@
-"""``python -m workbench``: train, resume, runs, predict, export, embed, sweep. Errors print one clear line, never a traceback.
+"""``python -m workbench``: train, resume, runs, predict, export, embed, baseline, sweep. Errors print one clear line, never a traceback.
 
 Only the standard library and :mod:`workbench.errors` / :mod:`workbench.names` are imported at the top:
 ``--help``, ``runs`` and a config error answer without importing torch, Ray, W&B or Streamlit (each
@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. DATA.IMAGE_SIZE=64")
     em.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: the trainer's evaluation batch for images)")
     em.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bl = sub.add_parser("baseline", help="a classical baseline: one gradient-boosted classifier per rank (scikit-learn) "
+                        "on a table config's train split, scored on val and test with a run's metrics")
+    bl.add_argument("--config", required=True, help="YAML config (see configs/); its DATA picks and splits the data")
+    bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. DATA.SEED=1")
+    bl.add_argument("--seed", type=int, default=0, help="the classifiers' random_state (default 0)")
+    bl.add_argument("--json", action="store_true", help="print the metrics as JSON (NaN as null), not a table")
     # `sweep` has its own parser (workbench.sweep_cli): main() hands it the rest of the command line
     sub.add_parser("sweep", help="a Ray Tune sweep over w and the null-masking schedule (see `sweep --help`)",
                    add_help=False)
@@ -478,6 +484,55 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_baseline(args) -> int:
+    from workbench.config import Config
+
+    cfg = Config.load(args.config, args.set)
+
+    from workbench.baseline import _hgb_class, check_baseline_config  # torch: only once the config is known to be good
+
+    check_baseline_config(cfg)
+    try:
+        _hgb_class()
+    except ImportError as e:  # an optional dependency: one line saying how to install it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from workbench.baseline import fit_gradient_boosting
+
+    result = fit_gradient_boosting(cfg, seed=args.seed, progress=True)
+    ranks = list(result.val.taxonomy.ranks)
+    if args.json:
+        out = {"seed": args.seed, "seconds": result.seconds, "iterations": result.iterations,
+               "split": {"train": len(result.train), "val": len(result.val),
+                         "test": 0 if result.test is None else len(result.test)},
+               "metrics": {k: (v if math.isfinite(v) else None) for k, v in sorted(result.metrics.items())}}
+        print(json.dumps(out, allow_nan=False))
+        return 0
+    print(baseline_table(result.metrics, ranks))
+    n_test = "no test split" if result.test is None else f"{len(result.test)} test"
+    print(f"gradient boosting (seed {args.seed}) on {len(result.train)} train / {len(result.val)} val / {n_test} rows "
+          f"in {result.seconds:.1f} s; test at each rank's val-chosen tau")
+    return 0
+
+
+def baseline_table(metrics: dict, ranks) -> str:
+    """The baseline's headline metrics as text: one row per metric, a ``val`` and a ``test`` column (``n/a``
+    where a split has no such key: no test split, or the threshold a split does not choose)."""
+    rows = [("chain acc", "core/val_chain_acc", "core/test_chain_acc"),
+            ("partial-chain acc", VAL_PARTIAL_CHAIN_ACC, TEST_PARTIAL_CHAIN_ACC)]
+    rows += [(f"{what}", f"val/{what}", f"test/{what}") for what in ("consistency", "severity", "hdist@1", "hF")]
+    for r in ranks:
+        rows += [(f"acc {r}", rank_key("val", ACC, r), rank_key("test", ACC, r)),
+                 (f"tau {r} (chosen on val)", rank_key("val", "best_tau", r), rank_key("test", "tau", r)),
+                 (f"coverage at tau {r}", None, rank_key("test", "coverage_at_tau", r)),
+                 (f"selective acc at tau {r}", None, rank_key("test", "selective_accuracy_at_tau", r))]
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{'metric':<{width}}  {'val':>8}  {'test':>8}"]
+    for label, v, t in rows:
+        lines.append(f"{label:<{width}}  {_num(metrics.get(v)) if v else 'n/a':>8}  {_num(metrics.get(t)):>8}")
+    return "\n".join(lines)
+
+
 def _print_result(store, run_id: str, ranks) -> None:
     """After ``train`` / ``resume``: the last epoch's val numbers, then the test numbers at the epoch
     selected on val (or why there are none), then the health warnings."""
@@ -544,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         return sweep_main(argv[1:])
     args = _parser().parse_args(argv)
     commands = {"train": cmd_train, "resume": cmd_resume, "runs": cmd_runs, "predict": cmd_predict,
-                "export": cmd_export, "embed": cmd_embed}
+                "export": cmd_export, "embed": cmd_embed, "baseline": cmd_baseline}
     try:
         with warnings.catch_warnings():  # restores Python's own display afterwards
             warnings.showwarning = _show_warning

@@ -254,6 +254,24 @@ class LossConfig(_Section):
     RANK_WEIGHTS: Annotated[list[Annotated[Float, _at_least(0.0)]], AfterValidator(_positive_sum)] | None = None
     CLASS_WEIGHTS: Literal["none", "balanced"] = "none"
     MULTILABEL: Bool = False
+    # the target mass moved off the true class (0 = one-hot targets); applied once, inside the loss
+    LABEL_SMOOTHING: Annotated[Float, _in_range(0.0, 0.99)] = 0.0
+    # uniform: over the other real classes of the rank; taxonomy: more to classes with a nearer common ancestor
+    SMOOTHING: Literal["uniform", "taxonomy"] = "uniform"
+    # soft labels (Making Better Mistakes): target_c proportional to exp(-beta * LCA height(y, c)); null = one-hot
+    SOFT_LABELS_BETA: Annotated[Float, _in_range(0.0, 1000.0)] | None = None
+    # HXE (Making Better Mistakes) as rank weights on the marginal head; null = rank weights from W
+    HXE_ALPHA: Annotated[Float, _in_range(0.0, 100.0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_target_rule(self):
+        if self.SOFT_LABELS_BETA is not None and self.LABEL_SMOOTHING > 0:
+            raise ValueError(
+                f"LABEL_SMOOTHING and SOFT_LABELS_BETA both reshape the target; set one, got LABEL_SMOOTHING="
+                f"{self.LABEL_SMOOTHING:g} and SOFT_LABELS_BETA={self.SOFT_LABELS_BETA:g}")
+        if self.HXE_ALPHA is not None and self.RANK_WEIGHTS is not None:
+            raise ValueError("HXE_ALPHA sets the rank weights; leave RANK_WEIGHTS null (got both)")
+        return self
 
 
 class TrainConfig(_Section):
@@ -270,6 +288,24 @@ class TrainConfig(_Section):
     # the selected epoch (best.pt, test) is where this val metric is best, in its direction (DESIGN.md 3.5)
     SELECT_BY: Annotated[Text, AfterValidator(_val_metric)] = SELECT_BY_DEFAULT
     EARLY_STOP_PATIENCE: Annotated[Int, _at_least(0)] = 0  # stop after this many epochs without improvement; 0 = off
+    # learning rate per optimizer step, a pure function of the fractional epoch (workbench/lr_schedule.py)
+    LR_SCHEDULE: Literal["constant", "cosine", "step"] = "constant"
+    WARMUP_EPOCHS: Annotated[Float, _at_least(0.0)] = 0.0  # linear warmup from 0 to LR; fractional epochs allowed
+    LR_STEPS: list[Annotated[Float, _at_least(0.0)]] = []  # step: epochs at which the LR is multiplied by LR_GAMMA
+    LR_GAMMA: Annotated[Float, _in_range(0.0, 1.0)] = 0.1
+    CLIP_GRAD_NORM: Annotated[Float, _in_range(1e-8, 1e6)] | None = None  # max global L2 norm of the gradient
+    ACCUMULATE: Annotated[Int, _in_range(1, 4096)] = 1  # batches per optimizer step
+
+    @model_validator(mode="after")
+    def _schedule_fits(self):
+        if self.LR_SCHEDULE == "step" and not self.LR_STEPS:
+            raise ValueError("LR_STEPS must list at least one epoch for LR_SCHEDULE 'step', e.g. [10, 15]")
+        if self.LR_STEPS and self.LR_SCHEDULE != "step":
+            raise ValueError(f"LR_STEPS applies only to LR_SCHEDULE 'step', got LR_SCHEDULE {self.LR_SCHEDULE!r}")
+        steps = list(self.LR_STEPS)
+        if any(a >= b for a, b in zip(steps, steps[1:])):  # a repeated epoch would apply LR_GAMMA twice there
+            raise ValueError(f"LR_STEPS must be strictly increasing (each epoch once), got {steps}")
+        return self
 
 
 class NullMaskingConfig(_Section):
@@ -328,6 +364,14 @@ class Config(_Section):
     SCHEDULE: ScheduleConfig = Field(default_factory=ScheduleConfig)
     AUG: AugConfig = Field(default_factory=AugConfig)
     TRACKING: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _hxe_needs_marginal_head(self):
+        # HXE is a loss on one distribution over the leaves; independent heads have no such distribution
+        if self.LOSS.HXE_ALPHA is not None and self.MODEL.HEAD != "marginal":
+            raise ValueError(f"LOSS.HXE_ALPHA needs MODEL.HEAD 'marginal' (HXE is defined on one distribution "
+                             f"over the finest rank), got MODEL.HEAD {self.MODEL.HEAD!r}")
+        return self
 
     # ------------------------------------------------------------------ construction
     @classmethod

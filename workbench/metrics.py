@@ -174,7 +174,7 @@ def single_label_curves(probs: torch.Tensor, target: torch.Tensor, thresholds: t
     pred_labelled = _cumulative_at(labelled.long().cumsum(0), k)
     pred_correct = _cumulative_at(correct.long().cumsum(0), k)
     pred_null_target = _cumulative_at(null_target.long().cumsum(0), k)
-    n = torch.tensor(target.shape[0])
+    n = torch.tensor(target.shape[0], device=target.device)  # on the inputs' device: CUDA runs crashed here
     return {
         "coverage": _ratio(pred_labelled, n_labelled.expand_as(k)),
         "selective_accuracy": _ratio(pred_correct, pred_labelled),
@@ -198,15 +198,15 @@ def multilabel_curves(probs: torch.Tensor, multi_hot: torch.Tensor, thresholds: 
     fn = pos_sorted.numel() - tp
     tn = neg_sorted.numel() - fp
     # a sample is exactly right for max_neg < tau <= min_pos
-    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=p.device)
     min_pos = torch.where(y, p, inf).amin(dim=1)
     max_neg = torch.where(~y, p, -inf).amax(dim=1)
     ok = max_neg < min_pos
     below_neg = torch.searchsorted(torch.sort(max_neg[ok]).values, tau, side="left")  # max_neg < tau
     below_pos = torch.searchsorted(torch.sort(min_pos[ok]).values, tau, side="left")  # min_pos < tau
     return {
-        "element_accuracy": _ratio(tp + tn, torch.tensor(p.numel()).expand_as(tp)),
-        "exact_match": _ratio(below_neg - below_pos, torch.tensor(p.shape[0]).expand_as(tp)),
+        "element_accuracy": _ratio(tp + tn, torch.tensor(p.numel(), device=p.device).expand_as(tp)),
+        "exact_match": _ratio(below_neg - below_pos, torch.tensor(p.shape[0], device=p.device).expand_as(tp)),
         "micro_f1": _ratio(2 * tp, 2 * tp + fp + fn),
     }
 

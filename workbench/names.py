@@ -42,6 +42,7 @@ VAL_CONSISTENCY = split_key("val", "consistency")
 VAL_SEVERITY = split_key("val", "severity")
 VAL_HDIST = split_key("val", "hdist@1")
 NULL_INCLUSION_PROB = "schedule/null_inclusion_prob"
+LEARNING_RATE = "schedule/lr"  # the LR of each epoch's last optimizer step (workbench/lr_schedule.py)
 EPOCH_SECONDS = "time/epoch_seconds"
 TRAIN_SAMPLES_PER_SEC = "time/train_samples_per_sec"
 HEALTH_PREFIX = "health/"

@@ -49,7 +49,7 @@ METRIC_LABELS = {
     N.TRAIN_LOSS: "train loss", N.VAL_LOSS: "val loss",
     N.TRAIN_CHAIN_ACC: "train chain acc", N.VAL_CHAIN_ACC: "val chain acc",
     N.TRAIN_PARTIAL_CHAIN_ACC: "train partial-chain acc", N.VAL_PARTIAL_CHAIN_ACC: "val partial-chain acc",
-    N.NULL_INCLUSION_PROB: "null inclusion prob", N.EPOCH_SECONDS: "epoch time (s)",
+    N.NULL_INCLUSION_PROB: "null inclusion prob", N.LEARNING_RATE: "learning rate", N.EPOCH_SECONDS: "epoch time (s)",
     N.TRAIN_SAMPLES_PER_SEC: "train samples / s",
 }
 _PER_RANK = {"acc": "accuracy", "loss": "loss", "best_tau": "best τ"}

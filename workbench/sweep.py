@@ -35,6 +35,8 @@ from workbench.store import RunStore
 # sweep-friendly names for the keys researchers sweep most
 ALIASES = {
     "w": "LOSS.W",
+    "hxe_alpha": "LOSS.HXE_ALPHA",  # HXE(alpha) rank-weight preset (needs MODEL.HEAD marginal)
+    "soft_beta": "LOSS.SOFT_LABELS_BETA",  # soft labels exp(-beta * LCA height)
     "start_prob": "SCHEDULE.NULL_MASKING.START_PROB",
     "end_prob": "SCHEDULE.NULL_MASKING.END_PROB",
     "end_epoch": "SCHEDULE.NULL_MASKING.END_EPOCH",

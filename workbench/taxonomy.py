@@ -128,6 +128,8 @@ class Taxonomy:
     null_values: Mapping[str, frozenset[str]] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What :meth:`from_frame` found odd but legal (labels equal up to case/spacing); not part of equality."""
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Derived tables (LCA-height matrices) computed once per taxonomy; the taxonomy itself never changes."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -265,6 +267,29 @@ class Taxonomy:
             agree = (anc[a] == anc[b]) & (anc[a] != 0)
             height = torch.where(agree, torch.full_like(a, k - up), height)
         return torch.where(a == b, torch.zeros_like(a), height)
+
+    def lca_height_matrix(self, rank: str | int) -> torch.Tensor:
+        """``LongTensor (K_r + 1, K_r + 1)``: entry ``[a, b]`` is :meth:`lca_height` of ``a`` and ``b`` at ``rank``.
+
+        Null included (row/column 0: ``k + 1`` against a real class, 0 against itself). Computed once per
+        rank and cached (the taxonomy is immutable); callers must not modify the returned tensor.
+        """
+        k = self.rank_index(rank)
+        key = ("lca_height", k)
+        if key not in self._cache:
+            n = self.num_classes[k]
+            a = torch.arange(n).repeat_interleave(n)  # (n * n,): row index
+            b = torch.arange(n).repeat(n)  # (n * n,): column index
+            self._cache[key] = self.lca_height(k, a, b).reshape(n, n)
+        return self._cache[key]
+
+    def has_leaf(self, rank: str | int) -> torch.Tensor:
+        """``BoolTensor (K_r + 1,)``: True for the classes with at least one descendant at the finest rank
+        (null included: the null leaf maps to null). A marginal head gives the others log-probability
+        ``-inf`` (:meth:`marginal_log_probs`), so no target distribution may put mass on them."""
+        k = self.rank_index(rank)
+        groups = self.ancestor_map(self.num_ranks - 1, k)  # (K_leaf + 1,)
+        return torch.bincount(groups, minlength=self.num_classes[k]) > 0
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, df: pd.DataFrame, source: str = "label table") -> torch.Tensor:

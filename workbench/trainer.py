@@ -33,9 +33,13 @@ from workbench.config import Config, ConfigError
 from workbench.data import (
     DataError, HierarchicalDataset, check_finite_features, dataset_hash, load_dataset, split_dataset,
 )
+from workbench.evaluation import at_val_taus, chosen_taus, score
 from workbench.events import EpochResult, RunFinished, RunStarted, Sink, SinkError, TestResult, dispatch
 from workbench.health import HealthMonitor, zero_total_weight
-from workbench.losses import balanced_class_weights, hierarchical_loss, rank_weights_from_w
+from workbench.losses import (
+    balanced_class_weights, hierarchical_loss, hxe_rank_weights, rank_weights_from_w, target_rule,
+)
+from workbench.lr_schedule import lr_at
 from workbench.masking import NullMaskSchedule, null_keep_mask
 from workbench.atomic import atomic_path
 from workbench.augment import Augment, channel_stats
@@ -393,15 +397,23 @@ class Trainer:
         self.channels_last = self.is_image and self.device.type == "cuda"
         self.model: HierarchicalModel = model.to(self.device, memory_format=torch.channels_last) \
             if self.channels_last else model.to(self.device)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]  # the heads only when frozen
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY)
+        # the heads only when frozen; also what TRAIN.CLIP_GRAD_NORM clips (train_epoch)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # the LR given here is overwritten before every step by the schedule (workbench/lr_schedule.py), a pure
+        # function of this run's fractional epoch: phase 2 (INIT_FROM) gets a fresh optimizer and its own schedule
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY)
         self.augment = Augment.from_config(cfg)
         r = self.taxonomy.num_ranks
         if cfg.LOSS.RANK_WEIGHTS is not None:  # length checked in __init__
             self.rank_weights = torch.tensor(cfg.LOSS.RANK_WEIGHTS, dtype=torch.float32)
+        elif cfg.LOSS.HXE_ALPHA is not None:  # HXE(alpha) preset; the config allows it only with the marginal head
+            self.rank_weights = hxe_rank_weights(cfg.LOSS.HXE_ALPHA, r)
         else:
             self.rank_weights = rank_weights_from_w(cfg.LOSS.W, r)
         self.rank_weights = self.rank_weights.to(self.device)
+        # label smoothing / soft labels: a training device only (see _loss); None = one-hot targets
+        rule = target_rule(cfg.LOSS, self.taxonomy, marginal_head=m.HEAD == "marginal")
+        self.target_rule = None if rule is None else rule.to(self.device)
         self.class_weights = None
         if cfg.LOSS.CLASS_WEIGHTS == "balanced":
             cw = balanced_class_weights(self.train_ds.targets, self.taxonomy.num_classes)
@@ -435,7 +447,7 @@ class Trainer:
         return {
             "run_id": self.run_id, "epoch": epoch, "model": self.model.state_dict(), "config": self.cfg.to_dict(),
             "taxonomy": self.taxonomy.to_dict(), "select_by": self.cfg.TRAIN.SELECT_BY, "select_value": value,
-            "tau": {rank: float(metrics[N.best_tau(rank)]) for rank in self.taxonomy.ranks},
+            "tau": chosen_taus(metrics, self.taxonomy.ranks),
             "data_hash": self.data_hash, "data_rows": self.data_rows,
             "feature_names": list(self.train_ds.feature_names), "input_shape": list(self.train_ds.input_shape),
             "meta_names": list(getattr(self.train_ds, "meta_names", None) or []),
@@ -637,14 +649,8 @@ class Trainer:
             metrics, curves, _ = self.evaluate(self.test_ds, split="test")
         finally:
             self.model.load_state_dict(last)
-        metrics = {k: v for k, v in metrics.items() if not _is_best_tau_key(k)}
-        for rank in self.taxonomy.ranks:
-            tau = float(state["tau"][rank])
-            metrics[N.rank_key("test", N.TAU, rank)] = tau
-            at = _curve_values_at(curves, rank, tau)
-            if "coverage" in at:  # single-label ranks; a multi-label rank's curves are F1 and exact match
-                metrics[N.rank_key("test", N.COVERAGE_AT_TAU, rank)] = at["coverage"]
-                metrics[N.rank_key("test", N.SELECTIVE_ACCURACY_AT_TAU, rank)] = at["selective_accuracy"]
+        # the test-time rule, shared with the baseline: each rank's val-chosen tau, never one chosen on test
+        metrics = at_val_taus(metrics, curves, {rank: float(state["tau"][rank]) for rank in self.taxonomy.ranks})
         dispatch(self.sinks, "on_test", TestResult(self.run_id, self.best["epoch"], metrics, curves))
 
     def started_event(self, start_epoch: int) -> RunStarted:
@@ -716,16 +722,32 @@ class Trainer:
             logits, z = self.model.forward_with_embedding(x, batch.valid, meta)
         return [lg.float() for lg in logits], z
 
-    def _loss(self, logits, batch, keep):
+    def _loss(self, logits, batch, keep, training: bool = False):
+        """The hierarchical loss of a batch. ``training``: apply ``LOSS.LABEL_SMOOTHING`` / ``SOFT_LABELS_BETA``
+        (a training device). Evaluation (val/test ``loss`` metrics) always uses one-hot targets, so runs with
+        different smoothing report their losses on one scale."""
         multilabel = {r: t for r, t in batch.multilabel.items() if r in self.multilabel_ranks}
         return hierarchical_loss(logits, batch.targets, keep, self.rank_weights, self.class_weights,
-                                 batch.sample_weight, multilabel)
+                                 batch.sample_weight, multilabel, self.target_rule if training else None)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training set; metrics from the training batches themselves.
 
         Per batch only device tensors are appended (no host syncs, no per-batch metric ops); the
         sums and the accuracy counts are taken once at the end of the epoch.
+
+        The optimisation recipe (README "Training recipe"; the contract in workbench/lr_schedule.py):
+        - ``TRAIN.ACCUMULATE = K``: the epoch's batches form consecutive groups of K (the last group may be
+          shorter); each batch's loss is divided by its group's size before ``backward``, so the step uses the
+          mean of the group's batch gradients. One optimizer step, and one LR-schedule step, per group.
+          K = 1 is the plain loop: zero_grad, backward, step on every batch.
+        - Before each step every param group's LR is set to :func:`~workbench.lr_schedule.lr_at` at
+          ``t = epoch + (index of the group's last batch + 1) / batches``; a pure function of ``t``, so
+          ``resume`` needs no schedule state, and a phase-2 run (``TRAIN.INIT_FROM``) starts its own schedule
+          (warmup included) from its own epoch 0. The LR of the epoch's last step is the metric ``schedule/lr``.
+        - ``TRAIN.CLIP_GRAD_NORM``: ``torch.nn.utils.clip_grad_norm_`` over the trainable parameters after the
+          group's last backward, before the step.
+        The logged losses stay each batch's own (unscaled) mean loss.
         """
         self.model.train()
         if self.cfg.MODEL.FREEZE_BACKBONE:  # a frozen backbone's batch-norm statistics stay as loaded, too
@@ -733,15 +755,27 @@ class Trainer:
         ranks = self.taxonomy.ranks
         n_batches = self.train_ds.num_batches(self.cfg.TRAIN.BATCH_SIZE)
         phase1 = self.cfg.TRAIN.PHASE1_MASK_NULL_LOSS
+        accumulate, clip = self.cfg.TRAIN.ACCUMULATE, self.cfg.TRAIN.CLIP_GRAD_NORM
+        lr = float("nan")  # the LR of the epoch's last step (an epoch has at least one batch)
         losses, sizes, kept, preds, targets, probs = [], [], [], [], [], []
         for b, (batch, meta) in enumerate(self._batches(self.train_ds, self.cfg.TRAIN.BATCH_SIZE, shuffle=True)):
             p = 0.0 if phase1 else self.schedule.prob(epoch + b / n_batches)  # fractional epoch
             keep = null_keep_mask(batch.targets, p, phase1=phase1, training=True, generator=self.mask_gen)  # (B, R)
             logits, z = self._forward(batch, meta, training=True)
-            total, per_rank = self._loss(logits, batch, keep)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+            total, per_rank = self._loss(logits, batch, keep, training=True)
+            group_start = b - b % accumulate
+            group_end = min(group_start + accumulate, n_batches)  # one past the group's last batch
+            if b == group_start:
+                self.optimizer.zero_grad(set_to_none=True)
+            # a group of one (always with ACCUMULATE 1) backpropagates the loss itself: today's loop, bit for bit
+            (total if group_end - group_start == 1 else total / (group_end - group_start)).backward()
+            if b + 1 == group_end:
+                lr = lr_at(self.cfg.TRAIN, epoch + group_end / n_batches)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.trainable, clip)
+                self.optimizer.step()
             sizes.append(batch.targets.shape[0])
             losses.append(torch.cat([total.detach()[None], per_rank.detach()]))  # (R + 1,): batch means
             kept.append(keep.sum(dim=0))  # (R,)
@@ -763,6 +797,7 @@ class Trainer:
             N.TRAIN_CHAIN_ACC: float(out["chain_acc"]),
             N.TRAIN_PARTIAL_CHAIN_ACC: float(out["partial_chain_acc"]),
             N.NULL_INCLUSION_PROB: sum(probs) / len(probs),
+            N.LEARNING_RATE: lr,
         }
         for r, rank in enumerate(ranks):
             metrics[N.rank_key("train", N.ACC, rank)] = float(out["rank_acc"][r])
@@ -810,62 +845,21 @@ class Trainer:
         return rank_probabilities(logits, self.multilabel_ranks)
 
     def evaluate(self, ds: HierarchicalDataset, split: str = "val"):
-        """Metrics, threshold curves and raw outputs on ``ds`` (nulls always count here)."""
+        """Metrics, threshold curves and raw outputs on ``ds`` (nulls always count here): the model's outputs and
+        loss, scored by :func:`workbench.evaluation.score`."""
         logits, z = self.predict(ds)
         full = ds.as_batch()  # targets, weights and multi-hots of every row (no copy)
         keep = null_keep_mask(full.targets, 1.0, phase1=False, training=False)
         total, per_rank = self._loss(logits, full, keep)
-        preds = self.predict_classes(logits)  # (N, R)
-        y = full.targets
-        ranks = self.taxonomy.ranks
-        rank_acc = M.rank_accuracy(preds, y)
-        sev = M.mistake_severity(preds, y, self.taxonomy)
-        metrics = {
-            N.core_key(split, "loss"): float(total),
-            N.core_key(split, "chain_acc"): float(M.chain_accuracy(preds, y)),
-            N.core_key(split, "partial_chain_acc"): float(M.partial_chain_accuracy(preds, y)),
-            N.split_key(split, "consistency"): float(M.consistency_rate(preds, self.taxonomy)),
-            N.split_key(split, "severity"): float(sev["severity"]),
-            N.split_key(split, "hdist@1"): float(sev["hdist@1"]),
-        }
-        probs = self.probabilities(logits)
         multilabel = {r: full.multilabel[r] for r in self.multilabel_ranks}
-        curves = M.threshold_curves(probs, y, multilabel_targets=multilabel)
-        # top-k, hdist@5, hP/hR/hF, ECE, AUROC, null accuracy (DESIGN.md 3.6); hdist@1 of the same preds
-        metrics.update(M.extended_metrics(probs, y, self.taxonomy, ranks, split, self.multilabel_ranks, preds=preds))
-        for r, rank in enumerate(ranks):
-            metrics[N.rank_key(split, N.ACC, rank)] = float(rank_acc[r])
-            metrics[N.rank_key(split, N.LOSS, rank)] = float(per_rank[r])
-            by = "micro_f1" if r in multilabel else "accuracy"
-            tau, value = M.best_thresholds({r: curves[r]}, by=by)[r]
-            metrics[N.best_tau(rank, split)] = tau
-            metrics[N.best_tau_value(by, rank, split)] = value
-        frame = M.curves_frame(curves, ranks)
-        frame.insert(0, "split", split)
-        return metrics, frame, {"preds": preds, "targets": y, "embeddings": z, "valid": full.valid}
+        # the one home of a split's metrics: the baseline (workbench/baseline.py) is scored by the same call
+        metrics, frame, preds = score(logits, full.targets, self.taxonomy, split, multilabel, loss=(total, per_rank))
+        return metrics, frame, {"preds": preds, "targets": full.targets, "embeddings": z, "valid": full.valid}
 
 
 def _no_best() -> dict:
     """The selection before any epoch: no selected epoch, no value, no epochs without improvement."""
     return {"epoch": None, "value": None, "bad_epochs": 0}
-
-
-def _is_best_tau_key(key: str) -> bool:
-    """``<split>/best_tau/<rank>`` or ``<split>/best_tau_<curve>/<rank>``: a threshold chosen on that split."""
-    parts = key.split("/")
-    return len(parts) == 3 and (parts[1] == N.BEST_TAU or parts[1].startswith(N.BEST_TAU + "_"))
-
-
-def _curve_values_at(curves, rank: str, tau: float) -> dict[str, float]:
-    """``{curve: value}`` of one rank's threshold curves (a :meth:`Trainer.evaluate` frame) at the grid point
-    nearest ``tau`` (NaN values for a NaN ``tau``). Val and test curves share one grid, so a val-chosen
-    ``tau`` is a grid point here."""
-    rows = curves[curves["rank"] == rank]
-    if math.isnan(tau) or rows.empty:
-        return {c: float("nan") for c in rows["curve"].unique()}
-    nearest = rows["tau"].iloc[int((rows["tau"] - tau).abs().to_numpy().argmin())]
-    at = rows[rows["tau"] == nearest]
-    return dict(zip(at["curve"], at["value"].astype(float)))
 
 
 def _postfix(metrics) -> dict[str, str]:
