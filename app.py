@@ -43,5 +43,8 @@ with st.sidebar:
     st.caption("Hierarchical classification with partial (null) labels.")
     store = sh.get_store()
     st.caption(f"Run store: `{store.path}`")
+    st.text_input("Ray cluster address", key=sh.RAY_ADDRESS_KEY, placeholder="auto or host:port",
+                  help="Where the Train page sends a run set to train on the Ray cluster ('auto': the cluster "
+                       "`ray start` joined this machine to). Empty: runs train on this machine.")
 
 nav.run()

@@ -107,7 +107,10 @@ def run_label(run: dict) -> str:
 # ---------------------------------------------------------------------- session state
 # value widgets whose state survives page switches (never buttons, uploaders or table selections:
 # Streamlit refuses to have their state set)
+RAY_ADDRESS_KEY = "ray_address"  # the sidebar's Ray cluster address: where the Train page sends cluster runs
+CLUSTER_KEYS = ("tr_where", "tr_workers", "tr_cpw", "tr_gpw")  # the Train page's local / cluster choice
 PERSIST_KEYS = (
+    RAY_ADDRESS_KEY, *CLUSTER_KEYS,
     "d_source", "d_name", "d_n", "d_branching", "d_features", "d_noise", "d_nulls", "d_imbalance", "d_seed",
     "d_val", "d_ranks_builtin", "d_ranks", "d_feats", "d_weight", "d_nullvals", "d_count_rank", "d_count_log",
     "tr_w", "tr_head", "tr_cw", "tr_mask_on", "tr_p0", "tr_p1", "tr_e0", "tr_e1", "tr_phase1", "tr_epochs",

@@ -97,7 +97,14 @@ with st.expander("Launch a sweep", expanded=sweeps.empty):
         phase1 = c5.selectbox("Phase 1", list(PHASE1_LABELS), format_func=PHASE1_LABELS.get,
                               key="sw_phase1", help="TRAIN.PHASE1_MASK_NULL_LOSS: null labels are left out of the loss.")
         concurrent = c6.number_input("Trials at once", 1, 64, 2, key="sw_concurrent",
-                                     help="Ray Tune's max_concurrent_trials; each trial uses one CPU.")
+                                     help="Ray Tune's max_concurrent_trials; each trial holds the CPUs and GPUs "
+                                          "per trial below, so fewer may run at once.")
+        c7, c8, _ = st.columns(3)
+        cpus = c7.number_input("CPUs per trial", 0.5, 256.0, 1.0, 0.5, key="sw_cpus",
+                               help="CPUs Ray reserves for each trial (its torch threads: the whole number of them).")
+        gpus = c8.number_input("GPUs per trial", 0.0, 64.0, 0.0, 0.25, key="sw_gpus",
+                               help="GPUs Ray reserves for each trial: 0 = CPU only; a fraction shares one GPU between "
+                                    "trials; above 1, whole GPUs. A local Ray needs them on this machine.")
         hxe_text = st.text_input(
             HXE_LABEL, "", key="sw_hxe",
             help="LOSS.HXE_ALPHA, comma-separated values >= 0; empty = no HXE. Every trial then trains HXE(α) on the "
@@ -125,7 +132,8 @@ with st.expander("Launch a sweep", expanded=sweeps.empty):
                 model["HEAD"] = "marginal"
             config = sh.build_config(data, model, {}, {"EPOCHS": int(epochs)}, {}, {"STORE": str(store.path)})
             sweep_id = launch_sweep(config, grid, seeds=int(seeds), store_path=store.path, max_concurrent=int(concurrent),
-                                    address=address.strip() or None, wandb=use_wandb, allow_concurrent=alongside)
+                                    address=address.strip() or None, wandb=use_wandb, allow_concurrent=alongside,
+                                    cpus_per_trial=float(cpus), gpus_per_trial=float(gpus))
         except (ConfigError, LaunchError, ValueError) as e:
             st.error(sh.md_escape(e), icon=":material/error:")
         else:

@@ -16,6 +16,7 @@ from workbench.launch import (
     ACTIVE, RESUMABLE, LaunchError, checkpoint_path, launch_phase2, launch_resume, launch_run, log_tail, reconcile,
     stop_run,
 )
+from workbench.cluster_run import ClusterSettings
 from workbench.masking import NullMaskSchedule
 from workbench.data import DataError
 from workbench.models import VISION_INSTALL, backbone_mismatch
@@ -27,6 +28,9 @@ LIBRARY_ERRORS = (ConfigError, DataError, TaxonomyError)  # what loading a DATA 
 LR_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 BATCH_CHOICES = [32, 64, 128, 256, 512, 1024, 2048]
 for _key, _value in sh.FORM_DEFAULTS.items():
+    sh.init(_key, _value)
+WHERE = {"local": "This machine", "cluster": "Ray cluster"}
+for _key, _value in zip(sh.CLUSTER_KEYS, ("local", 2, 1.0, 0.0)):
     sh.init(_key, _value)
 ss = st.session_state
 
@@ -133,18 +137,62 @@ def set_backbone_refusal(data: dict) -> str | None:
     return backbone_mismatch(ss.tr_set_backbone, tuple(ds.features.shape), ds.name)
 
 
+def cluster_settings() -> ClusterSettings | None:
+    """Where the form's run trains: None for this machine, else the Ray cluster at the sidebar's address with the
+    form's workers, CPUs and GPUs per worker (:class:`ConfigError` without an address)."""
+    if ss.tr_where != "cluster":
+        return None
+    address = str(ss.get(sh.RAY_ADDRESS_KEY) or "").strip()
+    if not address:
+        raise ConfigError("training on the Ray cluster needs its address: enter it in the sidebar "
+                          "('auto' or host:port)")
+    return ClusterSettings(address=address, workers=int(ss.tr_workers), cpus_per_worker=float(ss.tr_cpw),
+                           gpus_per_worker=float(ss.tr_gpw))
+
+
 def launch_form_run() -> str:
-    """Launch the form's run; a backbone that cannot train on the data is refused first (:class:`ConfigError`)."""
+    """Launch the form's run (here, or on the Ray cluster: :func:`cluster_settings`); a backbone that cannot train
+    on the data is refused first (:class:`ConfigError`)."""
     refusal = set_backbone_refusal(sh.data_section())
     if refusal:
         raise ConfigError(refusal)
-    return launch_run(form_config(), sh.store_path())
+    cluster = cluster_settings()
+    nproc = 1 if cluster is not None else int(ss.tr_workers)  # this machine: the workers are local processes
+    return launch_run(form_config(), sh.store_path(), cluster=cluster, nproc=nproc)
 
 
 def start_run() -> None:
     """``Start`` button: validate, launch, watch the new run."""
+    where = ("on the Ray cluster (its driver runs here and records every epoch)" if ss.tr_where == "cluster"
+             else "in its own process" if int(ss.tr_workers) == 1
+             else f"on {int(ss.tr_workers)} data-parallel processes here")
     _launch_and_watch(launch_form_run,
-                      lambda run_id: f"Started run `{run_id}`: training in its own process; the panel below follows it.")
+                      lambda run_id: f"Started run `{run_id}`: training {where}; the panel below follows it.")
+
+
+def where_widgets() -> None:
+    """This machine or the Ray cluster (the sidebar's address), with the cluster run's workers and resources."""
+    c1, c2, c3, c4 = st.columns([1.4, 1, 1, 1])
+    c1.radio("Train on", list(WHERE), format_func=WHERE.get, key="tr_where", horizontal=True,
+             help="This machine: the run here, on one process or N data-parallel ones (`train --nproc N`). Ray "
+                  "cluster: the same trainer on N data-parallel Ray Train workers of the cluster at the sidebar's "
+                  "address; the run is recorded in this store as any run, and Stop works the same.")
+    cluster = ss.tr_where == "cluster"
+    c2.number_input("Workers", 1, 1024, step=1, key="tr_workers",
+                    help="Data-parallel processes, each training on its share of every epoch's rows (gradients "
+                         "averaged, metrics exact): here, `train --nproc N` (one GPU each on CUDA); on the cluster, "
+                         "Ray Train workers. 1 = one process.")
+    c3.number_input("CPUs per worker", 0.0, 1024.0, step=0.5, key="tr_cpw", disabled=not cluster, format="%g",
+                    help="CPUs each worker reserves on the cluster (fractions allowed); also its torch threads.")
+    c4.number_input("GPUs per worker", 0.0, 64.0, step=1.0, key="tr_gpw", disabled=not cluster, format="%g",
+                    help="0: CPU workers (gloo). 1 or more: each worker trains on its GPU (NCCL).")
+    if cluster:
+        address = str(ss.get(sh.RAY_ADDRESS_KEY) or "").strip()
+        if address:
+            st.caption(f"Ray cluster: {sh.md_escape(address)} (change it in the sidebar)")
+        else:
+            st.warning("Enter the Ray cluster's address in the sidebar ('auto' or host:port).",
+                       icon=":material/lan:")
 
 
 def start_phase2(parent_id: str) -> None:
@@ -350,6 +398,7 @@ with st.container(border=True):
         resolved, problem = form_config(), None
     except ConfigError as e:
         resolved, problem = None, e
+    where_widgets()
     c1, c2 = st.columns([1, 4], vertical_alignment="center")
     c1.button("Start run", type="primary", icon=":material/play_arrow:", on_click=start_run, key="tr_start",
               width="stretch", disabled=set_backbone_refusal(data) is not None)

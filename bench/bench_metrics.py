@@ -5,7 +5,7 @@
 N samples x 4 ranks (5 / 20 / 60 / 200 real classes), ~10% null targets, 2 torch threads.
 - partial_chain_accuracy vs a per-sample pure-Python loop. The loop is timed on a subsample
   (``--ref-n``, default 100,000) and extrapolated linearly to N; the table says so.
-- threshold_curves (one sort per rank) vs a naive loop over the 101 thresholds that recomputes
+- threshold_curves (one bucket histogram per rank) vs a naive loop over the 101 thresholds that recomputes
   the prediction masks with torch at every threshold.
 Both comparisons also check that the two implementations agree.
 """
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     sub_value = partial_chain_accuracy(preds[: args.ref_n], targets[: args.ref_n]).item()
     assert sub_value == ref_value, (sub_value, ref_value)
 
-    # threshold curves: one sort per rank vs a loop over thresholds
+    # threshold curves: one bucket histogram per rank vs a loop over thresholds
     t_curves, curves = best_of(lambda: threshold_curves(probs, targets, thresholds=taus), args.repeat)
     t0 = time.perf_counter()
     naive = threshold_curves_naive(probs, targets, taus)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         ("partial_chain_accuracy", "workbench (vectorised counts)", t_fast, ""),
         ("partial_chain_accuracy", "pure-Python per-sample loop" + (" (*)" if extrapolated else ""), t_ref,
          f"{t_ref / t_fast:,.0f}x slower"),
-        ("threshold_curves", f"workbench (one sort per rank, {len(taus)} taus)", t_curves, ""),
+        ("threshold_curves", f"workbench (one histogram per rank, {len(taus)} taus)", t_curves, ""),
         ("threshold_curves", f"naive loop over {len(taus)} taus (torch masks)", t_naive,
          f"{t_naive / t_curves:,.1f}x slower"),
     ]

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", help="notebook names or number prefixes (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny runs (WORKBENCH_SMOKE=1)")
     parser.add_argument("--png", action="store_true", help="screenshot each notebook's figure to docs/lab_NN.png")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell (a full run's training cell can take 15 minutes)")
     parser.add_argument("--size", default=None, help="screenshot window size W,H (default: per notebook)")
     args = parser.parse_args(argv)
     names = sorted(p.stem for p in LAB.glob("[0-9][0-9]_*.ipynb"))

@@ -43,6 +43,25 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+def available_devices() -> list[str]:
+    """The devices core tests run on: "cpu" always, "cuda" where a CUDA device is present (the GPU machine)."""
+    import torch  # here, not at import: a session that never asks for devices does not pay torch's import
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_generate_tests(metafunc):
+    """A test taking a ``device`` argument runs once per :func:`available_devices` entry (ids ``cpu``, ``cuda``),
+    unless it parametrizes ``device`` itself."""
+    if "device" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "device" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)):
+            return
+    metafunc.parametrize("device", available_devices())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

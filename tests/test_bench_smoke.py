@@ -24,6 +24,7 @@ EXPECTED = {  # a line each script prints with its result table
     "bench_images.py": "trainer / bare",
     "bench_embeddings.py": "wall-time ratio images / embeddings",
     "bench_store.py": "write_epoch / raw",
+    "bench_gpu.py": "Trainer / bare",  # --smoke runs on the CPU; without --smoke and CUDA it measures nothing, exit 0
 }
 
 

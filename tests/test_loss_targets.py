@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from strategies import ref_ancestor, ref_lca_height, tree_taxonomy, trees
 
 from workbench.config import Config, ConfigError
+from workbench.store import RunStore
 from workbench.losses import (
     LossConfigError, TargetRule, hierarchical_loss, hxe_rank_weights, soft_label_targets, soft_targets,
     target_rule,
@@ -367,3 +369,18 @@ def test_trainer_trains_with_each_rule_and_evaluates_with_plain_targets(tmp_path
     assert torch.equal(t._loss(logits, full, keep)[0], plain)
     if t.target_rule is not None:
         assert not torch.allclose(t._loss(logits, full, keep, training=True)[0], plain)
+
+
+def test_marginal_head_refuses_rows_labelled_with_a_leafless_class(tmp_path):
+    """A coarse class without a finest-rank descendant has marginal probability 0: a row labelled with it would
+    make the training loss infinite at the first batch; the Trainer refuses before creating a run, naming it."""
+    rows = [{"x_0": i * 0.1, "x_1": (i % 3) * 1.0, "order": "A" if i % 3 else "Birds",
+             "species": ("a1" if i % 2 else "a2") if i % 3 else ""} for i in range(60)]
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    base = {"DATA": {"NAME": "file", "PATH": str(tmp_path / "d.csv"), "RANKS": ["order", "species"],
+                     "FEATURE_PREFIX": "x_"},
+            "TRAIN": {"EPOCHS": 1, "DEVICE": "cpu"}, "TRACKING": {"STORE": str(tmp_path / "s.db")}}
+    with pytest.raises(ConfigError, match=r"rank 'order' with a class that has no descendant .*'Birds'"):
+        Trainer(Config.from_dict({**base, "MODEL": {"HEAD": "marginal"}}), progress=False)
+    assert not (tmp_path / "s.db").exists() or RunStore(tmp_path / "s.db").runs().empty  # no run was created
+    Trainer(Config.from_dict(base), progress=False)  # the independent head fits the same data

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from test_trainer import tiny  # noqa: E402  (the shared small synthetic run)
 
 from workbench import names as N
 from workbench.config import Config
@@ -125,18 +126,7 @@ def test_warmup_never_falls(schedule, W, E, a, b):
 
 
 # ---------------------------------------------------------------------- real Trainer runs
-def tiny(tmp_path, **overrides) -> Config:
-    """A small synthetic run (~480 training rows) that trains in well under a second per epoch."""
-    base = {
-        "DATA.NAME": "synthetic", "DATA.SYNTHETIC.N": 800, "DATA.SYNTHETIC.NUM_FEATURES": 8,
-        "DATA.SYNTHETIC.NULL_RATES": [0.0, 0.2, 0.4],
-        "MODEL.HIDDEN": [32], "TRAIN.EPOCHS": 3, "TRAIN.BATCH_SIZE": 64, "TRAIN.LR": 0.01,
-        "TRAIN.NUM_THREADS": 1, "TRAIN.DEVICE": "cpu", "TRACKING.STORE": str(tmp_path / "runs" / "w.db"),
-    }
-    base.update(overrides)
-    return Config().with_overrides(base)
-
-
+# `tiny`: the small synthetic run of tests/test_trainer.py (~480 training rows, well under a second per epoch)
 class StepLog:
     """Hooked before every ``optimizer.step()`` of a trainer: the LR of each param group, the global L2 norm
     of the gradients the step will use (after any clipping), and optionally the gradients themselves."""

@@ -42,10 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. LOSS.W=0.3")
     t.add_argument("--run-id", help="use this run id (a launcher creates the run row first)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (torch.distributed.run; gloo on CPU, NCCL with one "
+                        "GPU each); TRAIN.BATCH_SIZE is per process (default 1: this process alone)")
+    c = t.add_argument_group("on a Ray cluster (Ray Train: the same trainer on N data-parallel workers; the run is "
+                             "recorded in this machine's store)")
+    c.add_argument("--address", default=None, help="the Ray cluster: 'auto' or host:port (default: train here)")
+    c.add_argument("--workers", type=positive_int, default=None, help="Ray Train workers (default 1; needs --address)")
+    c.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default 0: CPU, gloo)")
+    c.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker, fractions allowed (default 1)")
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_id")
     r.add_argument("--store", default=DEFAULT_STORE)
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--nproc", type=positive_int, default=None, metavar="N",
+                   help="data-parallel processes; as many as wrote the checkpoint (the default)")
     _runs_parser(sub)
     pr = sub.add_parser("predict", help="predict new data (or a run's own val/test split) with a run or an exported bundle")
     pr.add_argument("model", metavar="RUN_ID|BUNDLE", help="a run id in --store, or a bundle file written by `export`")
@@ -147,6 +158,16 @@ def cmd_train(args) -> int:
     cfg = Config.load(args.config, args.set)
     if args.run_id:
         _check_run_id_is_new_or_queued(cfg.TRACKING.STORE, args.run_id)
+    if args.nproc > 1 and args.address is not None:
+        from workbench.errors import ConfigError
+
+        raise ConfigError(f"--nproc {args.nproc} starts processes on this machine; on a Ray cluster (--address) "
+                          "ask for --workers instead")
+    cluster = _cluster_settings(args)
+    if cluster is not None:
+        return _train_on_cluster(cfg, args.run_id, cluster)
+    if args.nproc > 1:
+        return _train_on_many(cfg, args)
 
     from workbench.trainer import Trainer  # torch: only once the config is known to be good
 
@@ -154,6 +175,77 @@ def cmd_train(args) -> int:
     status = trainer.fit()
     _print_result(trainer.store, trainer.run_id, trainer.taxonomy.ranks)
     return 0 if status in ENDED_OK else 1
+
+
+def _cluster_settings(args):
+    """``train --address ...``: the run's :class:`workbench.cluster_run.ClusterSettings`, validated; None to train
+    here. A worker flag without ``--address`` is an error (it would be silently ignored)."""
+    from workbench.errors import ConfigError
+
+    flags = {"--workers": args.workers, "--gpus-per-worker": args.gpus_per_worker,
+             "--cpus-per-worker": args.cpus_per_worker}
+    if args.address is None:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} needs --address (a Ray cluster: 'auto' or host:port)")
+        return None
+    from workbench.cluster_run import ClusterSettings
+
+    settings = ClusterSettings(address=args.address, workers=args.workers or 1,
+                               gpus_per_worker=args.gpus_per_worker or 0.0,
+                               cpus_per_worker=1.0 if args.cpus_per_worker is None else args.cpus_per_worker)
+    settings.validate()
+    return settings
+
+
+def _train_on_cluster(cfg, run_id: str | None, settings) -> int:
+    """``train --address``: the run's row first (queued; a launcher's row is reused), then the cluster run;
+    a cluster that does not answer is an error before any row is made."""
+    from workbench.cluster_run import run_on_cluster
+    from workbench.store import RunStore
+    from workbench.sweep import check_reachable
+
+    check_reachable(settings.address)
+    store = RunStore(cfg.TRACKING.STORE)
+    if run_id is None or not store.has_run(run_id):
+        init = cfg.TRAIN.INIT_FROM  # phase 2 of a run in this store: its parent
+        parent = init if init and store.has_run(init) else None
+        run_id = store.create_run(cfg.to_dict(), name=cfg.TRACKING.RUN_NAME, run_id=run_id, parent_id=parent,
+                                  status="queued")
+    print(f"run {run_id}: {settings.workers} Ray Train worker{'s' if settings.workers != 1 else ''} on the Ray "
+          f"cluster at {settings.address}; recorded in {store.path}", flush=True)
+    status = run_on_cluster(cfg, run_id, settings)
+    if status == "failed":  # the store keeps the whole error (the worker's traceback); its last line says why
+        from workbench.launch import last_error_line
+
+        why = last_error_line(store.run(run_id)["error"] or "") or "see the run's error in the store"
+        print(f"error: run {run_id} failed on the cluster: {why}", file=sys.stderr)
+        return 1
+    _print_result(store, run_id, store.run_ranks(run_id))
+    return 0 if status in ENDED_OK else 1
+
+
+def _train_on_many(cfg, args) -> int:
+    """``train --nproc N``: create the run's row (``queued``; its id is every worker's), save its resolved config
+    beside the store, and run N workers (:func:`workbench.distributed.launch_local`)."""
+    from workbench.distributed import check_devices, launch_local
+    from workbench.names import config_file
+    from workbench.store import RunStore
+
+    check_devices(cfg, args.nproc)
+    store = RunStore(cfg.TRACKING.STORE)
+    store.check_writable()
+    init = cfg.TRAIN.INIT_FROM  # phase 2 of a run in this store: its parent (a checkpoint file: rank 0 fills it in)
+    parent = init if init and store.has_run(init) else None
+    run_id = args.run_id if args.run_id and store.has_run(args.run_id) else store.create_run(
+        cfg.to_dict(), name=cfg.TRACKING.RUN_NAME, run_id=args.run_id, parent_id=parent, status="queued")
+    cfg_file = config_file(store.path, run_id)
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg.save(cfg_file)
+    worker_args = ["train", "--run-id", run_id, "--config", str(cfg_file)] + ([] if args.no_progress else ["--progress"])
+    launch_local(args.nproc, worker_args, store.path, run_id)
+    _print_result(store, run_id, store.run_ranks(run_id))
+    return 0 if store.run(run_id)["status"] in ENDED_OK else 1
 
 
 def _check_run_id_is_new_or_queued(store_path: str, run_id: str) -> None:
@@ -184,12 +276,34 @@ def cmd_resume(args) -> int:
     from workbench.trainer import Trainer
 
     cfg = Config.from_run(run["config"], source=f"run {args.run_id}")
+    from workbench.distributed import checkpoint_world, resume_world_error
+
+    world = checkpoint_world(store, args.run_id)
+    if args.nproc is not None and args.nproc != world and store.checkpoint_path(args.run_id).is_file():
+        raise resume_world_error(args.run_id, store.checkpoint_path(args.run_id), written=world, asked=args.nproc)
+    nproc = args.nproc or world
+    if nproc > 1:  # N workers (workbench.distributed.launch_local); each checks the checkpoint's world
+        return _resume_on_many(store, run, cfg, args, nproc)
     trainer = Trainer(cfg, store=store, run_id=args.run_id, progress=not args.no_progress)
     if run["status"] in ("stopped", "failed") and store.stop_requested(args.run_id):
         store.clear_stop(args.run_id)  # no trainer holds it: its old stop request would end it after one epoch
     status = trainer.fit(resume=True)
     _print_result(store, args.run_id, trainer.taxonomy.ranks)
     return 0 if status in ENDED_OK else 1
+
+
+def _resume_on_many(store, run, cfg, args, nproc: int) -> int:
+    """``resume RUN_ID --nproc N``: N workers continue the run from its checkpoint."""
+    from workbench.distributed import check_devices, launch_local
+
+    check_devices(cfg, nproc)
+    if run["status"] in ("stopped", "failed") and store.stop_requested(args.run_id):
+        store.clear_stop(args.run_id)  # no trainer holds it: its old stop request would end it after one epoch
+    worker_args = ["resume", "--run-id", args.run_id, "--store", str(store.path)] + (
+        [] if args.no_progress else ["--progress"])
+    launch_local(nproc, worker_args, store.path, args.run_id, resume=True)
+    _print_result(store, args.run_id, store.run_ranks(args.run_id))
+    return 0 if store.run(args.run_id)["status"] in ENDED_OK else 1
 
 
 def cmd_runs(args) -> int:

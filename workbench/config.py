@@ -295,6 +295,10 @@ class TrainConfig(_Section):
     LR_GAMMA: Annotated[Float, _in_range(0.0, 1.0)] = 0.1
     CLIP_GRAD_NORM: Annotated[Float, _in_range(1e-8, 1e6)] | None = None  # max global L2 norm of the gradient
     ACCUMULATE: Annotated[Int, _in_range(1, 4096)] = 1  # batches per optimizer step
+    # torch.compile the model's forward (workbench/trainer.py _build); the first batches of each shape pay its compile
+    COMPILE: Bool = False
+    # rows per forward when predicting val/test; null = the trainer's EVAL_BATCH_ROWS (tables) / EVAL_BATCH_IMAGES
+    EVAL_BATCH_SIZE: Annotated[Int, _at_least(1)] | None = None
 
     @model_validator(mode="after")
     def _schedule_fits(self):

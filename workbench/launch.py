@@ -65,7 +65,7 @@ def checkpoint_path(store: RunStore, run_id: str) -> Path:
 
 def launch_run(
     config: Config, store_path: str | os.PathLike | None = None, name: str | None = None,
-    parent_id: str | None = None, sweep_id: str | None = None,
+    parent_id: str | None = None, sweep_id: str | None = None, cluster=None, nproc: int = 1,
 ) -> str:
     """Start one training run in a new process; returns its run id at once.
 
@@ -74,10 +74,22 @@ def launch_run(
         store_path: the run store (default: ``config.TRACKING.STORE``).
         name: the run's display name (default: ``TRACKING.RUN_NAME``, else the run id).
         parent_id: the run this one continues from (phase 2).
+        cluster: a :class:`workbench.cluster_run.ClusterSettings` to train on a Ray cluster's workers (the
+            process started here is the run's driver: it records the run here, relays Stop and owns the
+            workers); a cluster that does not answer is a :class:`LaunchError` before any row is made.
+        nproc: data-parallel processes on this machine (``train --nproc``; the process started here launches
+            and owns them); 1 = one process, as before. Not with ``cluster``.
     """
+    if nproc < 1 or (nproc > 1 and cluster is not None):
+        raise LaunchError(f"nproc must be >= 1, and 1 on a Ray cluster (ask for workers there), got {nproc}")
     validate_run_name(name)  # checked before the store is touched
     if parent_id is not None:
         validate_run_id(parent_id)
+    if cluster is not None:
+        from workbench.sweep import check_reachable
+
+        cluster.validate()
+        check_reachable(cluster.address)
     store_path = Path(store_path or config.TRACKING.STORE).resolve()
     overrides: dict = {"TRACKING.STORE": str(store_path)}
     if name:
@@ -92,7 +104,17 @@ def launch_run(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     config.save(cfg_file)
     cmd = [sys.executable, "-m", "workbench", "train", "--config", str(cfg_file), "--run-id", run_id, "--no-progress"]
+    if cluster is not None:
+        cmd += cluster_args(cluster)
+    elif nproc > 1:
+        cmd += ["--nproc", str(nproc)]
     return _start_run_process(store, run_id, cmd, log_file, "training")
+
+
+def cluster_args(cluster) -> list[str]:
+    """``train``'s flags for a run on a Ray cluster (:class:`workbench.cluster_run.ClusterSettings`)."""
+    return ["--address", cluster.address, "--workers", str(cluster.workers),
+            "--cpus-per-worker", f"{cluster.cpus_per_worker:g}", "--gpus-per-worker", f"{cluster.gpus_per_worker:g}"]
 
 
 def _start_run_process(store: RunStore, run_id: str, cmd: list[str], log_file: Path, what: str) -> str:
@@ -304,9 +326,12 @@ __all__ = [
 def launch_sweep(
     config: Config, grid: Mapping[str, list], seeds: int = 1, store_path: str | os.PathLike | None = None,
     max_concurrent: int = 2, address: str | None = None, wandb: bool = False, allow_concurrent: bool = False,
+    cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
 ) -> str:
     """Start ``python -m workbench sweep`` over ``grid`` (dotted key -> values) in a new process; returns the
     sweep id. With ``wandb``, trials log to the config's ``TRACKING.WANDB.PROJECT`` in its ``MODE`` and ``DIR``.
+    Each trial asks Ray for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs (checked here against this
+    machine when the sweep runs on a local Ray, as the driver's :class:`~workbench.sweep.SweepSettings` does).
 
     The space is validated here first, so a bad value is an error at once, not a failed process.
     While another sweep of the same store is starting or running this raises :class:`LaunchError`
@@ -315,7 +340,7 @@ def launch_sweep(
     before the process starts; the driver then records ``running`` and how it ended. Its output
     goes to ``<store dir>/logs/<sweep id>.log``.
     """
-    from workbench.sweep import SweepSpec, file_lock, new_sweep_id, sweep_dir, write_sweep_status
+    from workbench.sweep import SweepSettings, SweepSpec, file_lock, new_sweep_id, sweep_dir, write_sweep_status
 
     store_path = Path(store_path or config.TRACKING.STORE).resolve()
     config = config.with_overrides({"TRACKING.STORE": str(store_path)})
@@ -324,6 +349,7 @@ def launch_sweep(
     spec.validate()
     if max_concurrent < 1:
         raise LaunchError(f"concurrent trials must be >= 1, got {max_concurrent}")
+    SweepSettings(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial).validate()
     store = RunStore(store_path)
     # check and claim under one lock, so two clicks (or two browser tabs) cannot both start a sweep
     with file_lock(_sweeps_root(store) / SWEEP_LAUNCH_LOCK):
@@ -340,7 +366,8 @@ def launch_sweep(
         log_file.parent.mkdir(parents=True, exist_ok=True)
         config.save(cfg_file)
         cmd = sweep_command(config, grid, sweep_id, cfg_file, store_path, out_dir, seeds=seeds,
-                            max_concurrent=max_concurrent, address=address, wandb=wandb)
+                            max_concurrent=max_concurrent, address=address, wandb=wandb,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
         write_sweep_status(store_path, sweep_id, status="starting", started=time.time(), grid=spec.resolved_grid(),
                            n_trials=spec.num_trials(), address=address, log=str(log_file), pid=None)
         try:
@@ -357,6 +384,7 @@ def launch_sweep(
 def sweep_command(
     config: Config, grid: Mapping[str, list], sweep_id: str, config_file: Path, store_path: Path, out_dir: Path,
     seeds: int = 1, max_concurrent: int = 2, address: str | None = None, wandb: bool = False,
+    cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
 ) -> list[str]:
     """The driver's command line: ``python -m workbench sweep`` (the installed package, no path built from a
     file location) over ``grid``, with the W&B project, mode and folder of ``config`` when ``wandb`` is on
@@ -367,7 +395,8 @@ def sweep_command(
 
     cmd = [sys.executable, "-m", "workbench", "sweep", "--config", str(config_file), "--sweep-id", sweep_id,
            "--seeds", str(seeds), "--store", str(store_path), "--results-dir", str(Path(store_path).parent / RESULTS_DIR),
-           "--out", str(out_dir), "--max-concurrent", str(max_concurrent)]
+           "--out", str(out_dir), "--max-concurrent", str(max_concurrent),
+           "--cpus-per-trial", f"{cpus_per_trial:g}", "--gpus-per-trial", f"{gpus_per_trial:g}"]
     for key, values in grid.items():
         cmd += ["--grid", f"{key}=" + ",".join(json.dumps(v) for v in values)]
     if address:

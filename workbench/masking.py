@@ -83,5 +83,6 @@ def null_keep_mask(
         return labelled
     # draw where the generator lives (a CPU generator keeps CUDA runs reproducible), then move
     device = generator.device if generator is not None else targets.device
-    draws = torch.rand(targets.shape, generator=generator, device=device).to(targets.device)  # (N, R)
+    # non_blocking: a pageable copy is staged at once; a blocking one would wait for the GPU every batch
+    draws = torch.rand(targets.shape, generator=generator, device=device).to(targets.device, non_blocking=True)  # (N, R)
     return labelled | (draws < prob)

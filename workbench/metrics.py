@@ -1,8 +1,9 @@
 """Hierarchical metrics as pure tensor functions (DESIGN.md 3.4 and 3.6), plus a count accumulator.
 
 Inputs: predictions and targets ``LongTensor (N, R)``, 0 = null. Every function is a pure function
-of its inputs; :class:`HierarchicalAccuracy` only sums the *counts* these functions return, so an
-accumulated value over batches equals the value on the concatenated batches.
+of its inputs, computed on their device (CPU or CUDA: every tensor made here is made there);
+:class:`HierarchicalAccuracy` only sums the *counts* these functions return, so an accumulated value
+over batches equals the value on the concatenated batches.
 
 Per-rank accuracy is a one-line masked mean here (it has to share counts with the chain metrics);
 tests check it against scikit-learn and torchmetrics, and :func:`calibration_error` delegates to
@@ -43,7 +44,7 @@ def rank_counts(preds: torch.Tensor, targets: torch.Tensor, include_null: bool =
 
 def chain_counts(preds: torch.Tensor, targets: torch.Tensor):
     """``(correct, total)``: samples where every rank matches (a null target needs a null prediction)."""
-    return (preds == targets).all(dim=1).sum(), torch.tensor(targets.shape[0])
+    return (preds == targets).all(dim=1).sum(), torch.tensor(targets.shape[0], device=targets.device)
 
 
 def partial_chain_counts(preds: torch.Tensor, targets: torch.Tensor):
@@ -81,7 +82,7 @@ def consistency_rate(preds: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
     for r in range(1, preds.shape[1]):
         parent = taxonomy.parent(r).to(preds.device)[preds[:, r]]  # (N,)
         ok &= (preds[:, r] == 0) | (parent == preds[:, r - 1])
-    return _ratio(ok.sum(), torch.tensor(preds.shape[0]))
+    return _ratio(ok.sum(), torch.tensor(preds.shape[0], device=preds.device))
 
 
 def finest_labelled_rank(targets: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,7 @@ def mistake_severity(preds: torch.Tensor, targets: torch.Tensor, taxonomy: Taxon
     h, wrong = severity_heights(preds, targets, taxonomy)
     return {
         "severity": _ratio((h * wrong).sum(), wrong.sum()),
-        "hdist@1": _ratio(h.sum(), torch.tensor(h.numel())),
+        "hdist@1": _ratio(h.sum(), torch.tensor(h.numel(), device=h.device)),
     }
 
 
@@ -130,7 +131,7 @@ def calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 1
 
     labelled = target != 0
     if not labelled.any():
-        return torch.tensor(float("nan"))
+        return torch.tensor(float("nan"), device=probs.device)
     return multiclass_calibration_error(
         probs[labelled], target[labelled], num_classes=probs.shape[1], n_bins=n_bins
     )
@@ -141,22 +142,34 @@ def default_thresholds(num: int = 101) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, num, dtype=torch.float64)
 
 
-def _count_at_or_above(sorted_asc: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """For each ``tau``, how many values of ``sorted_asc`` are ``>= tau``."""
-    return sorted_asc.numel() - torch.searchsorted(sorted_asc, tau, side="left")
+def _counts_reaching(values: torch.Tensor, kind: torch.Tensor, kinds: int, tau: torch.Tensor):
+    """``(at (T, kinds), total (kinds,))``: per threshold ``tau[j]`` (any order), how many ``values`` of each
+    ``kind`` (``LongTensor`` in ``[0, kinds)``, aligned with ``values``) are ``>= tau[j]``, and how many there are.
 
-
-def _cumulative_at(cum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``cum[k - 1]`` with 0 for ``k == 0`` (cum is a cumulative sum in descending-confidence order)."""
-    padded = torch.cat([cum.new_zeros(1), cum])
-    return padded[k]
+    No sort of the values: each falls in the bucket of how many thresholds it reaches (one binary search in
+    the T sorted thresholds, compared in float64), and one histogram of bucket x kind gives every threshold's
+    counts as a suffix sum: O(N log T), exact integer counts, one read of ``values``. As the comparison has
+    it, a NaN value reaches no threshold and nothing reaches a NaN threshold.
+    """
+    tau_sorted, tau_order = torch.sort(tau)
+    t = tau.numel()
+    bucket = torch.searchsorted(tau_sorted, values.double().contiguous(), right=True)  # >= tau_sorted[j] <=> > j
+    bucket = torch.where(values.isnan(), 0, bucket)
+    hist = torch.bincount(bucket * kinds + kind, minlength=(t + 1) * kinds).reshape(t + 1, kinds)
+    suffix = hist.flip(0).cumsum(0).flip(0)  # (T + 1, kinds): suffix[m] = values in buckets >= m
+    at = torch.empty_like(suffix[1:])
+    at[tau_order] = suffix[1:]  # back in the order given
+    at[tau.isnan()] = 0  # a NaN threshold sorts last, where every bucket would count
+    return at, suffix[0]
 
 
 def single_label_curves(probs: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
     """Curves of one rank: ``probs (N, K + 1)`` softmax, ``target (N,)`` -> ``{name: (T,)}``.
 
-    Prediction = argmax over the real classes if its probability >= tau, else null. Sorting the
-    confidences once gives every threshold's counts by binary search: O(N log N + T log N).
+    Prediction = argmax over the real classes if its probability >= tau, else null (a NaN confidence, from a
+    diverged model, never reaches tau: it abstains, as in :func:`workbench.decoding.abstaining_predictions`).
+    Every threshold's counts from one histogram of the confidences (:func:`_counts_reaching`, no sort): one
+    read of ``probs``, the memory floor of this function on a GPU.
     """
     if probs.shape[1] > 1:
         conf, cls = probs[:, 1:].max(dim=1)  # (N,), (N,)
@@ -164,22 +177,18 @@ def single_label_curves(probs: torch.Tensor, target: torch.Tensor, thresholds: t
     else:  # a rank without a real class (null in every training label): the model always abstains
         conf = probs.new_full(probs.shape[:1], -math.inf)
         cls = torch.zeros_like(target)
-    order = torch.argsort(conf, descending=True)
-    conf_sorted = conf[order].double()
-    labelled = (target != 0)[order]
-    correct = (cls == target)[order] & labelled
-    null_target = ~labelled
-    k = _count_at_or_above(conf_sorted.flip(0), thresholds.double())  # (T,) predictions made
-    n_labelled, n_null = labelled.sum(), null_target.sum()
-    pred_labelled = _cumulative_at(labelled.long().cumsum(0), k)
-    pred_correct = _cumulative_at(correct.long().cumsum(0), k)
-    pred_null_target = _cumulative_at(null_target.long().cumsum(0), k)
+    labelled = target != 0
+    kind = torch.where(labelled, torch.where(cls == target, 1, 2), 0)  # 0 null target, 1 correct, 2 wrong
+    at, total = _counts_reaching(conf, kind, 3, thresholds.to(probs.device, torch.float64))  # (T, 3), (3,)
+    pred_null_target, pred_correct = at[:, 0], at[:, 1]
+    pred_labelled = at[:, 1] + at[:, 2]
+    n_null, n_labelled = total[0], total[1] + total[2]
     n = torch.tensor(target.shape[0], device=target.device)  # on the inputs' device: CUDA runs crashed here
     return {
-        "coverage": _ratio(pred_labelled, n_labelled.expand_as(k)),
+        "coverage": _ratio(pred_labelled, n_labelled.expand_as(pred_labelled)),
         "selective_accuracy": _ratio(pred_correct, pred_labelled),
-        "accuracy": _ratio(pred_correct + (n_null - pred_null_target), n.expand_as(k)),
-        "null_false_positive_rate": _ratio(pred_null_target, n_null.expand_as(k)),
+        "accuracy": _ratio(pred_correct + (n_null - pred_null_target), n.expand_as(pred_labelled)),
+        "null_false_positive_rate": _ratio(pred_null_target, n_null.expand_as(pred_labelled)),
     }
 
 
@@ -187,26 +196,26 @@ def multilabel_curves(probs: torch.Tensor, multi_hot: torch.Tensor, thresholds: 
     """Curves of a multi-label rank over its real classes: ``probs (N, K + 1)`` sigmoid, ``multi_hot (N, K + 1)``.
 
     Element ``(i, c)`` is predicted positive iff ``probs >= tau``. Element-wise accuracy, exact match
-    (every class of the sample right) and micro-F1 per threshold, from one sort of the elements.
+    (every class of the sample right) and micro-F1 per threshold, from one histogram of the elements and one
+    of the samples' bounds (:func:`_counts_reaching`).
     """
     p, y = probs[:, 1:].double(), multi_hot[:, 1:].bool()  # (N, K)
-    tau = thresholds.double()
-    pos_sorted = torch.sort(p[y]).values
-    neg_sorted = torch.sort(p[~y]).values
-    tp = _count_at_or_above(pos_sorted, tau)
-    fp = _count_at_or_above(neg_sorted, tau)
-    fn = pos_sorted.numel() - tp
-    tn = neg_sorted.numel() - fp
-    # a sample is exactly right for max_neg < tau <= min_pos
+    tau = thresholds.to(p.device, torch.float64)
+    at, total = _counts_reaching(p.reshape(-1), y.reshape(-1).long(), 2, tau)  # kind 0 negative, 1 positive
+    fp, tp = at[:, 0], at[:, 1]
+    fn, tn = total[1] - tp, total[0] - fp
+    # a sample is exactly right for max_neg < tau <= min_pos: (min_pos >= tau) minus (max_neg >= tau), over the
+    # samples where max_neg < min_pos (those reach tau in that order)
     inf = torch.tensor(float("inf"), dtype=torch.float64, device=p.device)
     min_pos = torch.where(y, p, inf).amin(dim=1)
     max_neg = torch.where(~y, p, -inf).amax(dim=1)
     ok = max_neg < min_pos
-    below_neg = torch.searchsorted(torch.sort(max_neg[ok]).values, tau, side="left")  # max_neg < tau
-    below_pos = torch.searchsorted(torch.sort(min_pos[ok]).values, tau, side="left")  # min_pos < tau
+    bounds = torch.cat([min_pos[ok], max_neg[ok]])
+    which = torch.cat([torch.zeros_like(min_pos[ok], dtype=torch.long), torch.ones_like(max_neg[ok], dtype=torch.long)])
+    reach, _ = _counts_reaching(bounds, which, 2, tau)
     return {
         "element_accuracy": _ratio(tp + tn, torch.tensor(p.numel(), device=p.device).expand_as(tp)),
-        "exact_match": _ratio(below_neg - below_pos, torch.tensor(p.shape[0], device=p.device).expand_as(tp)),
+        "exact_match": _ratio(reach[:, 0] - reach[:, 1], torch.tensor(p.shape[0], device=p.device).expand_as(tp)),
         "micro_f1": _ratio(2 * tp, 2 * tp + fp + fn),
     }
 
@@ -287,16 +296,18 @@ class HierarchicalAccuracy:
 
     @torch.no_grad()
     def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
-        preds, targets = preds.detach().cpu(), targets.detach().cpu()
+        """Add the counts of ``preds`` and ``targets`` (on any one device: counted there, only the
+        counts come to the CPU, where the sums live)."""
+        preds, targets = preds.detach(), targets.detach()
         c, t = rank_counts(preds, targets)
-        self.rank_correct += c
-        self.rank_total += t
+        self.rank_correct += c.cpu()
+        self.rank_total += t.cpu()
         c, t = chain_counts(preds, targets)
-        self.chain_correct += c
-        self.chain_total += t
+        self.chain_correct += c.cpu()
+        self.chain_total += t.cpu()
         c, t = partial_chain_counts(preds, targets)
-        self.partial_correct += c
-        self.partial_total += t
+        self.partial_correct += c.cpu()
+        self.partial_total += t.cpu()
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {
@@ -369,13 +380,13 @@ def hdist_counts(probs: Sequence[torch.Tensor], targets: torch.Tensor, taxonomy:
     height_sum, samples, used_k = [], [], []
     for r, p in enumerate(probs):
         rows = finest == r
-        top = real_top_k(p[rows], k).cpu()  # (M, k'); the taxonomy's maps live on the CPU
-        truth = targets[rows, r].cpu()  # (M,)
+        top = real_top_k(p[rows], k)  # (M, k') on the outputs' device (lca_height follows it)
+        truth = targets[rows, r]  # (M,)
         kk = top.shape[1]
         h = taxonomy.lca_height(r, top.reshape(-1), truth.repeat_interleave(kk)) if kk else truth.new_zeros(0)
         height_sum.append(h.sum())
-        samples.append(torch.tensor(truth.numel()))
-        used_k.append(torch.tensor(kk))
+        samples.append(torch.tensor(truth.numel(), device=truth.device))
+        used_k.append(torch.tensor(kk, device=truth.device))
     return torch.stack(height_sum), torch.stack(samples), torch.stack(used_k)
 
 
@@ -409,10 +420,10 @@ def auroc(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     labelled = target != 0
     present = torch.unique(target[labelled])  # (C,) sorted class ids
     if present.numel() < 2:
-        return torch.tensor(float("nan"), dtype=torch.float64)
+        return torch.tensor(float("nan"), dtype=torch.float64, device=probs.device)
     scores = probs[labelled][:, present].float()  # (M, C)
     if not torch.isfinite(scores).all():  # a diverged model: torchmetrics would still return a number
-        return torch.tensor(float("nan"), dtype=torch.float64)
+        return torch.tensor(float("nan"), dtype=torch.float64, device=probs.device)
     local = torch.searchsorted(present, target[labelled])  # (M,) index of each target in `present`
     per_class = multiclass_auroc(scores, local, num_classes=present.numel(), average="none", validate_args=False)
     return per_class.double().mean()
@@ -455,7 +466,7 @@ def extended_metrics(
         out[N.rank_key(split, N.ACC_NULL, rank)] = float(acc_null[r])
     for k in N.HDIST_K:
         if k == 1:  # the model's prediction, as the stored hdist@1 has always been (see hdist_at_k)
-            value = mistake_severity(preds.cpu(), targets.cpu(), taxonomy)["hdist@1"]
+            value = mistake_severity(preds, targets, taxonomy)["hdist@1"]
         else:
             value = hdist_at_k(probs, targets, taxonomy, k)
         out[N.split_key(split, N.hdist(k))] = float(value)

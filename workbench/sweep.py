@@ -7,11 +7,13 @@ logs to W&B itself when enabled (workers don't inherit the driver's environment:
 are passed explicitly). The *driver* rebuilds the events and records them in the local run store
 through :class:`StoreCallback` with the same store sink a single run uses, so a trial's record
 equals a single run's and the dashboard shows trials live even when they run on other nodes.
-``ray`` is imported lazily.
+Trials reuse their actor processes, and the driver loads the data once and hands it to every trial
+through Ray's object store (:func:`shared_dataset`). ``ray`` is imported lazily.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import itertools
 import json
@@ -280,6 +282,11 @@ def check_reuse(store: RunStore, sweep_id: str, spec: SweepSpec) -> None:
 
 # ---------------------------------------------------------------------- trial side
 EVENT_KEY = "workbench_event"  # the key of a Tune result that carries the trial's whole events (JSON text)
+# the key of a Tune result that says how a multi-worker run ended (JSON of RunFinished's status, epochs, reason):
+# such a run may end "stopped" (a relayed stop request), which the trial's completion alone cannot tell
+RUN_END_KEY = "workbench_end"
+# the key under which Ray's TuneReportCallback passes the path of a Ray Train checkpoint to Tune
+TRAIN_CHECKPOINT_KEY = "checkpoint_path"
 TRAINER_DIR = "trainer"  # in Tune's trial folder: the trial trainer's checkpoint and lock
 
 
@@ -365,12 +372,19 @@ class TuneReportSink(BaseSink):
         tune.report({**self._last, "run_id": event.run_id, EVENT_KEY: encode_events(None, event)})
 
 
-def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None = None, threads: int = 1) -> None:
+def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None = None, threads: int = 1,
+                dataset=None, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
     """The Tune function trainable: one Trainer run, resumed from Tune's checkpoint after a restart.
 
     The trial has no store of its own: its trainer keeps its checkpoint in Tune's trial folder and
     reports every event to the driver (:class:`TuneReportSink`), which records it; so a trial on
-    another node of a cluster needs no shared disk.
+    another node of a cluster needs no shared disk. ``dataset``: the sweep's data, loaded once by the
+    driver (:func:`shared_dataset`) and read from Ray's object store; None = the trial loads ``DATA``.
+
+    With ``workers > 1`` (``sweep --workers-per-trial``) the trial is a data-parallel run on that many Ray
+    Train workers (:func:`workbench.cluster_run.fit_on_workers`; ``threads``, ``cpus_per_worker`` and
+    ``gpus_per_worker`` are each worker's; each loads ``DATA`` itself): rank 0's reports reach Tune and the
+    driver alike, but no Tune checkpoint is kept, so a restarted trial trains again from its first epoch.
     """
     from ray import tune
 
@@ -381,6 +395,12 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
     ctx = tune.get_context()
     run_id = trial_run_id(sweep_id, ctx.get_trial_id())
     cfg = trial_config(base, params, sweep_id, wandb_dir).with_overrides({"TRAIN.NUM_THREADS": threads})
+    if workers > 1:
+        from workbench.cluster_run import fit_on_workers, worker_config
+
+        fit_on_workers(worker_config(cfg.to_dict(), threads, gpus_per_worker), run_id, workers, cpus_per_worker,
+                       gpus_per_worker, storage=str(Path(ctx.get_trial_dir()) / TRAINER_DIR))
+        return
     target = Path(ctx.get_trial_dir()) / TRAINER_DIR / CHECKPOINT_NAME
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -389,7 +409,7 @@ def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None =
             shutil.copy(Path(d) / CHECKPOINT_NAME, target)
             if (Path(d) / BEST_CHECKPOINT_NAME).is_file():
                 shutil.copy(Path(d) / BEST_CHECKPOINT_NAME, target.parent / BEST_CHECKPOINT_NAME)
-    trainer = Trainer(cfg, run_id=run_id, progress=False, checkpoint_path=target)
+    trainer = Trainer(cfg, run_id=run_id, progress=False, checkpoint_path=target, dataset=dataset)
     trainer.sinks.append(TuneReportSink(trainer.state_dict, trainer.best_file))
     trainer.fit(resume=checkpoint is not None)
 
@@ -404,10 +424,15 @@ def _store_callback_class():
         """Driver-side: records every trial in the local run store through the same
         :class:`~workbench.tracking.StoreSink` a single run uses, from the events the trial reports."""
 
-        def __init__(self, store_path: str, sweep_id: str, base: dict, wandb_dir: str | None):
+        def __init__(self, store_path: str, sweep_id: str | None, base: dict, wandb_dir: str | None,
+                     run_id: str | None = None, checkpoints: bool = False):
             self.store_path, self.sweep_id, self.base, self.wandb_dir = store_path, sweep_id, base, wandb_dir
+            # a one-trial run on a cluster (workbench.cluster_run): its trial records this run id, and the Ray
+            # Train checkpoints it reports are copied into the store's run folder (resume, predict, phase 2)
+            self.run_id, self.checkpoints = run_id, checkpoints
             self._sink = None
             self._started: dict[str, RunStarted] = {}  # the start event last recorded, per run
+            self._ended: set[str] = set()  # runs whose trial reported how they ended (RUN_END_KEY)
 
         @property
         def store(self) -> RunStore:
@@ -420,10 +445,10 @@ def _store_callback_class():
             return self._sink
 
         def __getstate__(self):  # Tune snapshots callbacks with the experiment state: no live objects
-            return {**self.__dict__, "_sink": None, "_started": {}}
+            return {**self.__dict__, "_sink": None, "_started": {}, "_ended": set()}
 
         def _run_id(self, trial) -> str:
-            return trial_run_id(self.sweep_id, trial.trial_id)
+            return self.run_id or trial_run_id(self.sweep_id, trial.trial_id)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             """The row exists from the start (queued, as a launcher creates it) with the config the trial
@@ -439,7 +464,17 @@ def _store_callback_class():
             self.store.create_run(config, name=run_id, run_id=run_id, sweep_id=self.sweep_id, status="queued")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if RUN_END_KEY in result:
+                end = json.loads(result[RUN_END_KEY])
+                self.sink.on_finish(RunFinished(end["run_id"], end["status"], int(end["epochs_done"]), None,
+                                                end.get("reason")))
+                self._ended.add(end["run_id"])
+                return
             started, event = decode_events(result[EVENT_KEY])
+            if started is not None and self.run_id is not None:
+                # a cluster run's process on this machine is its driver (which owns the workers): the pid that
+                # the app's liveness check and Stop act on, not a worker's on some node
+                started = dataclasses.replace(started, pid=os.getpid())
             if isinstance(event, TestResult):
                 self.sink.on_test(event)
                 return
@@ -447,12 +482,16 @@ def _store_callback_class():
                 self.sink.on_start(started)  # first report of this (re)start of the trial
                 self._started[started.run_id] = started
             self.sink.on_epoch(event)
+            if self.checkpoints and result.get(TRAIN_CHECKPOINT_KEY):
+                copy_train_checkpoint(result[TRAIN_CHECKPOINT_KEY], self.store.checkpoint_path(event.run_id))
 
         def _epochs_done(self, trial) -> int:
             last = getattr(trial, "last_result", None) or {}
             return int(last["epoch"]) + 1 if "epoch" in last else 0
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            if self._run_id(trial) in self._ended:  # its trial said how it ended (say, stopped)
+                return
             self.sink.on_finish(RunFinished(self._run_id(trial), "finished", self._epochs_done(trial)))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -460,6 +499,29 @@ def _store_callback_class():
                                             _trial_error_text(trial)))
 
     return StoreCallback
+
+
+def copy_train_checkpoint(source: str, target: Path) -> bool:
+    """Copy the trainer checkpoint (and ``best.pt``) of a Ray Train checkpoint folder ``source`` to ``target``
+    (the run's ``checkpoint.pt`` in the store) and beside it, each through a temporary file and a rename.
+
+    Returns False when ``source`` is not on this machine's disk (a cluster without shared storage) or was
+    already rotated out by a newer checkpoint (whose copy follows): the store then keeps what it had.
+    """
+    from workbench.names import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME
+
+    src = Path(source)
+    if not (src / CHECKPOINT_NAME).is_file():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for name, dest in ((CHECKPOINT_NAME, target), (BEST_CHECKPOINT_NAME, target.parent / BEST_CHECKPOINT_NAME)):
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(src / name, tmp)
+        except FileNotFoundError:  # no best.pt yet, or the folder was rotated out meanwhile
+            continue
+        os.replace(tmp, dest)
+    return True
 
 
 def _trial_error_text(trial) -> str:
@@ -488,6 +550,12 @@ class SweepSettings:
     wandb_dir: str | None = None
     verbose: int = 1
     keep_checkpoints: int | None = None  # None = all (trial checkpoints of these models are small)
+    # Ray Train workers per trial (data-parallel trials); the trial's CPUs and GPUs are split evenly among them
+    workers_per_trial: int = 1
+
+    def trial_resources(self) -> dict[str, float]:
+        """What one trial asks Ray for (and what the sweep's status record shows): ``{"cpu": .., "gpu": ..}``."""
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
     def validate(self) -> None:
         """Resource settings Tune would accept and then wait on forever; checked before Ray starts.
@@ -495,12 +563,9 @@ class SweepSettings:
         On a local Ray the machine's CPUs and GPUs are known here; a cluster's are checked once
         joined (:func:`check_cluster_resources`).
         """
-        if self.cpus_per_trial < 0:
-            raise ConfigError(f"`--cpus-per-trial` must be >= 0, got {self.cpus_per_trial:g}")
-        if self.gpus_per_trial < 0:
-            raise ConfigError(f"`--gpus-per-trial` must be >= 0, got {self.gpus_per_trial:g}")
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            raise ConfigError(f"`--gpus-per-trial` above 1 must be a whole number, got {self.gpus_per_trial:g}")
+        check_amounts(self.cpus_per_trial, self.gpus_per_trial, "trial")
+        if self.workers_per_trial < 1:
+            raise ConfigError(f"`--workers-per-trial` must be >= 1, got {self.workers_per_trial}")
         if self.max_concurrent < 0:
             raise ConfigError(f"`--max-concurrent` must be >= 1, got {self.max_concurrent}")
         if self.max_failures < 0:
@@ -518,6 +583,17 @@ class SweepSettings:
             if self.gpus_per_trial > gpus:
                 raise ConfigError(f"`--gpus-per-trial` {self.gpus_per_trial:g} needs a GPU, but this machine has "
                                   f"{gpus} (torch.cuda.device_count() = {gpus}): no trial could ever start")
+
+
+def check_amounts(cpus: float, gpus: float, per: str) -> None:
+    """CPUs and GPUs a trial or worker asks Ray for (``--cpus-per-<per>``, ``--gpus-per-<per>``): what Ray would
+    accept and then wait on forever (a negative amount, a fractional share of several GPUs) is refused here."""
+    if cpus < 0:
+        raise ConfigError(f"`--cpus-per-{per}` must be >= 0, got {cpus:g}")
+    if gpus < 0:
+        raise ConfigError(f"`--gpus-per-{per}` must be >= 0, got {gpus:g}")
+    if gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"`--gpus-per-{per}` above 1 must be a whole number, got {gpus:g}")
 
 
 def check_cluster_resources(settings: SweepSettings) -> None:
@@ -595,26 +671,75 @@ def connect_ray(address: str | None, temp_dir: str | None = None, num_cpus: int 
         ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, _node_ip_address="127.0.0.1", **kwargs)
 
 
+# Tune settings read from the driver's environment (Ray 2.60 has no argument for them). Tune's default CSV,
+# JSON and TensorBoard loggers would write every result (each epoch's whole event, curves included) three
+# times more in the driver, which shares the CPUs with the trials, and import torch there for TensorBoard
+# alone: they are off, and :func:`_compact_json_logger` keeps Tune's result.json without the events (the
+# store is the sweep's record; Tune's experiment state and the trial checkpoints are unchanged).
+TUNE_DRIVER_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+def _compact_json_logger():
+    """Tune's JSON logger (each trial's ``result.json``, which the ResultGrid reads back) without the
+    :data:`EVENT_KEY` payload: the top-level metrics only, a few hundred bytes per epoch."""
+    from ray.tune.logger import JsonLoggerCallback
+
+    class CompactJsonLogger(JsonLoggerCallback):
+        def log_trial_result(self, iteration, trial, result):
+            super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != EVENT_KEY})
+
+    return CompactJsonLogger()
+
+
+def shared_dataset(spec: SweepSpec, base: dict):
+    """The sweep's dataset, loaded once here (the driver) when every trial trains on the same data; else None.
+
+    ``tune.with_parameters`` puts it in Ray's object store once and every trial (on any node, in a reused
+    actor or not) reads it from there instead of loading ``DATA`` again. None, so that each trial loads its
+    own, when a ``DATA.*`` key is swept, or when the data streams from image files (not held in memory).
+    A data error is raised here, before Ray starts any trial.
+    """
+    import torch
+
+    from workbench.data import load_dataset
+
+    swept = set(spec.resolved_grid()) | {ALIASES.get(k, k) for k in spec.distributions}
+    if any(key.startswith("DATA.") for key in swept):
+        return None
+    dataset = load_dataset(Config.from_dict(base).DATA)
+    return dataset if isinstance(dataset.features, torch.Tensor) else None
+
+
 def run_sweep(spec: SweepSpec, settings: SweepSettings, sweep_id: str | None = None, resume: bool = False):
-    """Run (or resume) a sweep; returns ``(sweep_id, ResultGrid)``. Results land in the store as they come."""
+    """Run (or resume) a sweep; returns ``(sweep_id, ResultGrid)``. Results land in the store as they come.
+
+    Trials reuse their actors (one Python process, torch import and data per concurrent slot, not per
+    trial) and take the data the driver loaded once (:func:`shared_dataset`).
+    """
     from ray import tune
 
     spec.validate()
     settings.validate()
+    for key, value in TUNE_DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
     sweep_id = validate_sweep_id(sweep_id or new_sweep_id())
     base = _absolute_paths(Config.from_dict(spec.base).to_dict())
     base = apply_overrides(base, {"TRACKING.WANDB.ENABLED": settings.wandb, "TRACKING.WANDB.PROJECT": settings.wandb_project,
                                   "TRACKING.WANDB.MODE": settings.wandb_mode})
     wandb_dir = str(Path(wandb_dir_for(settings.store_path, settings.wandb_dir)).resolve())
     results_dir = str(Path(settings.results_dir).resolve())
-    threads = max(1, int(settings.cpus_per_trial))
+    workers = settings.workers_per_trial
+    threads = max(1, int(settings.cpus_per_trial / workers))
+    dataset = shared_dataset(spec, base)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=base, sweep_id=sweep_id, wandb_dir=wandb_dir, threads=threads),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+        tune.with_parameters(train_trial, base=base, sweep_id=sweep_id, wandb_dir=wandb_dir, threads=threads,
+                             dataset=dataset, workers=workers, cpus_per_worker=settings.cpus_per_trial / workers,
+                             gpus_per_worker=settings.gpus_per_trial / workers),
+        settings.trial_resources() if workers == 1 else _workers_trial_resources(),
     )
     callback = _store_callback_class()(str(Path(settings.store_path).resolve()), sweep_id, base, wandb_dir)
     run_config = tune.RunConfig(
-        name=sweep_id, storage_path=results_dir, callbacks=[callback], verbose=settings.verbose,
+        name=sweep_id, storage_path=results_dir, callbacks=[callback, _compact_json_logger()], verbose=settings.verbose,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         # keep every trial checkpoint: with num_to_keep, a driver killed between Tune's experiment
         # snapshot and a checkpoint rotation can point the resumed trial at a deleted checkpoint
@@ -632,11 +757,32 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings, sweep_id: str | None = N
     return sweep_id, tuner.fit()
 
 
+def _trials_that_fit(settings: SweepSettings) -> int:
+    """How many trials' CPUs and GPUs the Ray instance holds at once (at least 1)."""
+    import ray
+
+    total = ray.cluster_resources() if ray.is_initialized() else {"CPU": float(os.cpu_count() or 1)}
+    fits = [float(total.get(name, 0.0)) // need for name, need in (("CPU", settings.cpus_per_trial),
+                                                                   ("GPU", settings.gpus_per_trial)) if need > 0]
+    return max(1, int(min(fits))) if fits else 1
+
+
+def _workers_trial_resources() -> dict:
+    """What a trial of several Ray Train workers asks Tune for itself: nothing (its workers reserve the trial's
+    CPUs and GPUs; :data:`workbench.cluster_run.TRIAL_RESOURCES`)."""
+    from workbench.cluster_run import TRIAL_RESOURCES
+
+    return dict(TRIAL_RESOURCES)
+
+
 def _tune_config(spec: SweepSpec, settings: SweepSettings, base: dict):
     from ray import tune
 
     # reusing trial actors skips a Python start, torch import and data load per trial
-    kwargs: dict[str, Any] = {"num_samples": spec.num_samples, "max_concurrent_trials": settings.max_concurrent or None,
+    # trials of several workers ask Tune for nothing themselves: without a limit Tune would start them all at once,
+    # each holding a Ray Train controller that waits for workers (Ray's guide: set max_concurrent_trials)
+    concurrent = settings.max_concurrent or (_trials_that_fit(settings) if settings.workers_per_trial > 1 else None)
+    kwargs: dict[str, Any] = {"num_samples": spec.num_samples, "max_concurrent_trials": concurrent,
                               "reuse_actors": True}
     if settings.asha or settings.optuna:
         kwargs.update(metric=SELECTION_METRIC, mode="max")

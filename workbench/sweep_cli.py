@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default: local Ray")
     r.add_argument("--cpus-per-trial", type=float, default=1.0)
     r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    r.add_argument("--workers-per-trial", type=int, default=1,
+                   help="Ray Train workers per trial (data-parallel trials; the trial's CPUs and GPUs are split "
+                        "evenly among them)")
     r.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once (default: as resources allow)")
     r.add_argument("--asha", action="store_true", help="ASHA early stopping on val partial-chain accuracy")
     r.add_argument("--optuna", action="store_true", help="Optuna search over --dist keys")
@@ -225,12 +228,16 @@ def main(argv=None) -> int:
         settings = SweepSettings(
             store_path=store_path, results_dir=args.results_dir, address=args.address,
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0,
+            workers_per_trial=args.workers_per_trial,
             asha=args.asha, optuna=args.optuna, max_failures=args.max_failures,
             wandb=bool(args.wandb_project) and wandb_mode != "disabled",
             wandb_project=args.wandb_project or wandb_cfg["PROJECT"], wandb_mode=wandb_mode,
             wandb_dir=wandb_dir_for(store_path, args.wandb_dir or wandb_cfg.get("DIR")),
         )
         settings.validate()
+        # a launcher's record shows what each trial asks for (a sweep the CLI started has no record yet)
+        write_sweep_status(store_path, sweep_id, create=False, if_status=SWEEP_ACTIVE,
+                           trial_resources=settings.trial_resources())
         check_out_dir(args.out)
         if not args.resume and Path(store_path).is_file():  # (opening a missing store would create it)
             check_reuse(RunStore(store_path), sweep_id, spec)
@@ -250,7 +257,7 @@ def main(argv=None) -> int:
     write_sweep_status(store_path, sweep_id, status="running", reason=None, finished=None, pid=os.getpid(),
                        pid_start=process_start_time(os.getpid()), started=previous.get("started") or time.time(),
                        grid=spec.resolved_grid(), n_trials=spec.num_trials(), address=args.address,
-                       resumed=bool(args.resume), log=previous.get("log"))
+                       resumed=bool(args.resume), log=previous.get("log"), trial_resources=settings.trial_resources())
     try:
         connect_ray(args.address, temp_dir=None)
         sweep_id, grid = run_sweep(spec, settings, sweep_id=sweep_id, resume=bool(args.resume))

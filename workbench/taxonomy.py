@@ -263,7 +263,7 @@ class Taxonomy:
         height = torch.full_like(a, k + 1)
         # walk from the root down: the finest rank where ancestors agree sets the height
         for up in range(k + 1):
-            anc = self.ancestor_map(k, up)
+            anc = self.ancestor_map(k, up).to(a.device)  # a (K + 1,) map beside the classes: any device
             agree = (anc[a] == anc[b]) & (anc[a] != 0)
             height = torch.where(agree, torch.full_like(a, k - up), height)
         return torch.where(a == b, torch.zeros_like(a), height)

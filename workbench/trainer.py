@@ -21,7 +21,7 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -44,6 +44,11 @@ from workbench.masking import NullMaskSchedule, null_keep_mask
 from workbench.atomic import atomic_path
 from workbench.augment import Augment, channel_stats
 from workbench.decoding import argmax_classes, rank_probabilities
+from workbench.distributed import (
+    DistContext, all_gather_objects, all_gather_rows, all_reduce_sum, average_gradients, broadcast_flag,
+    broadcast_module, broadcast_object, launcher_holds_lock, local_device, owner_pid, rank_seed, resume_world_error,
+    shard, unshard_order,
+)
 from workbench.streaming import StreamLoader, is_lazy
 from workbench.models import HierarchicalModel, backbone_mismatch, build_model, load_pretrained
 from workbench.environment import environment_record
@@ -58,6 +63,11 @@ log = logging.getLogger(__name__)
 # activations are ~width x H x W floats each), so evaluation batches them far smaller
 EVAL_BATCH_ROWS = 8192
 EVAL_BATCH_IMAGES = 512
+# An in-memory dataset (table, sets, embeddings, in-memory images) moves to a CUDA device once, at its first use,
+# when its tensors take at most this share of the device's free memory (the driver's, plus what torch's allocator
+# caches unused): batches are then gathered on the device, no copy per batch. Larger ones, and streamed image sets,
+# are copied batch by batch.
+RESIDENT_FRACTION = 0.25
 
 
 class StopRun(Exception):
@@ -91,6 +101,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
 # what a checkpoint must hold: to start phase 2 from it, and (the trainer's own) to resume a run
 INIT_KEYS = ("model", "taxonomy")
 RESUME_KEYS = ("epoch", "model", "optimizer", "rng", "shuffle_rng", "mask_rng")
+# the random states each rank of a data-parallel run has its own of (the shuffle is shared by every rank)
+RANK_RNG_KEYS = ("rng", "mask_rng", "aug_rng")
 # what best.pt (the weights of the epoch selected on val, DESIGN.md 3.5) holds: enough to predict without the run
 BEST_KEYS = ("run_id", "epoch", "model", "config", "taxonomy", "select_by", "select_value", "tau", "data_hash",
              "data_rows", "feature_names", "input_shape", "meta_names")
@@ -259,26 +271,34 @@ class Trainer:
         checkpoint_path: run without a store (a sweep trial, whose record the driver writes): the
             checkpoint (and the run's lock, next to it) live here; no run row, no store sink, no
             stop flag (Tune stops trials). ``store`` must then be None.
+        dist: this process's place in a data-parallel run (:func:`workbench.distributed.init_from_env`); None:
+            one process. With ``world > 1`` every rank builds the same Trainer; rank 0 alone has sinks and writes
+            checkpoints (DESIGN.md 3.9; README "Many processes").
     """
 
     def __init__(
         self, config: Config, sinks: Sequence[Sink] = (), store: RunStore | None = None,
         run_id: str | None = None, dataset: HierarchicalDataset | None = None, progress: bool = True,
         sweep_id: str | None = None, checkpoint_path: str | os.PathLike | None = None,
+        dist: DistContext | None = None,
     ):
         from workbench.tracking import StoreSink, default_sinks
 
         self.cfg = config
+        # this process's place in a data-parallel run (workbench/distributed.py); None: one process, as ever
+        self.dist: DistContext = dist or DistContext.single()
         if run_id is not None:
             validate_run_id(run_id)  # it names the run's folder: checked before anything is written
         validate_run_name(config.TRACKING.RUN_NAME, "`TRACKING.RUN_NAME`")
         if checkpoint_path is not None and store is not None:
             raise ValueError("Trainer: give `store` (a recorded run) or `checkpoint_path` (a store-less run), not both")
         self.store: RunStore | None = None if checkpoint_path is not None else (store or RunStore(config.TRACKING.STORE))
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         if config.TRAIN.NUM_THREADS:
             torch.set_num_threads(config.TRAIN.NUM_THREADS)
         self.device = pick_device(config.TRAIN.DEVICE)
+        if self.dist.distributed:  # each rank its own GPU (cuda:<local_rank>)
+            self.device = local_device(self.dist, self.device.type)
         ds = dataset if dataset is not None else load_dataset(config.DATA)
         # loaders refuse these already; a dataset built in code (a notebook) is checked here
         check_finite_features(ds.features, ds.features, ds.feature_names, None, ds.name)
@@ -292,31 +312,44 @@ class Trainer:
                           if config.TRAIN.INIT_FROM else None)
         self.init_state = self._checked_init_state()  # before the run row exists: a bad parent stores nothing
         self._check_config_fits_data()  # likewise: a config that cannot train must not leave a run row
+        self._check_splits_fit_world()
         self._build()
         if self.init_state is not None:
             self._load_init()  # an architecture mismatch is an error here, before the run row exists
         self._check_select_by()  # likewise: a metric the run never logs cannot select an epoch
         if self.store is None:
-            self.run_id = validate_run_id(run_id or new_run_id())
+            self.run_id = validate_run_id(broadcast_object(run_id or new_run_id(), self.dist))
             self.ckpt_path = Path(checkpoint_path)
             self.lock_path = self.ckpt_path.parent / LOCK_NAME
             self.sinks: list[Sink] = [*default_sinks(config, None), *sinks]
-        else:
-            self.run_id = self._ensure_run(run_id, sweep_id)
+        else:  # rank 0 creates the row of a new run; every rank gets its id
+            self.run_id = broadcast_object(self._ensure_run(run_id, sweep_id) if self.dist.is_main else None, self.dist)
             self.ckpt_path = self.store.checkpoint_path(self.run_id)
             self.lock_path = self.store.lock_path(self.run_id)
             self.sinks = [StoreSink(self.store), *default_sinks(config, self.store), *sinks]
+        if not self.dist.is_main:  # rank 0 alone reports: no store, W&B or caller's sink here (DESIGN.md 3.9)
+            self.sinks = []
         self.best_path = self.ckpt_path.parent / N.BEST_CHECKPOINT_NAME
         self.pending_best_path = self.best_path.with_name(self.best_path.name + PENDING_SUFFIX)
         self.best = _no_best()
+        self._rank_rng: list[dict] | None = None  # data-parallel: every rank's random states after the last epoch
         self.stop_reason: str | None = None  # why a finished run ended before TRAIN.EPOCHS (early stopping)
+        # a store-less run's stop request (a cluster run: the driver relays its store's flag), read between epochs
+        self.stop_check: Callable[[], bool] | None = None
         # what reproduces the run (versions, git commit, device, seeds, data hash): sent in RunStarted
-        self.environment = environment_record(config, ds, self.device, data_hash=self.data_hash)
+        # (rank 0's alone in a data-parallel run: only it reports, and the record runs git twice)
+        self.environment = environment_record(config, ds, self.device, data_hash=self.data_hash) \
+            if self.dist.is_main else {}
+        if self.dist.distributed and self.dist.is_main:
+            self.environment["world_size"] = self.dist.world
 
     # ------------------------------------------------------------------ set-up
     def _ensure_run(self, run_id: str | None, sweep_id: str | None) -> str:
         parent = self._parent_run_id()
         if run_id and self.store.has_run(run_id):
+            # a launcher's row (`train --nproc` cannot read a checkpoint file's run id before the workers load it)
+            if parent is not None and self.store.run(run_id).get("parent_id") is None:
+                self.store.update_run(run_id, parent_id=parent)
             return run_id
         return self.store.create_run(
             self.cfg.to_dict(), name=self.cfg.TRACKING.RUN_NAME, run_id=run_id, parent_id=parent,
@@ -358,6 +391,44 @@ class Trainer:
         mismatch = backbone_mismatch(self.cfg.MODEL.BACKBONE, tuple(self.train_ds.features.shape), self.train_ds.name)
         if mismatch:
             raise ConfigError(mismatch)
+        if self.cfg.MODEL.HEAD == "marginal":
+            self._check_marginal_head_can_fit()
+
+    def _check_marginal_head_can_fit(self) -> None:
+        """A marginal head gives a class without a finest-rank descendant probability 0: a training row labelled
+        with one (animal_mnist's birds, labelled to ``class`` only) has an infinite loss whatever the rank weights
+        (0 x inf is NaN). Refused here, with the class named, instead of failing at the first batch."""
+        targets = self.train_ds.targets
+        for r, rank in enumerate(self.taxonomy.ranks[:-1]):
+            leafless = ~self.taxonomy.has_leaf(r)
+            leafless[0] = False
+            rows = leafless[targets[:, r]]  # (N,)
+            if bool(rows.any()):
+                classes = sorted({self.taxonomy.vocab[r][int(c)] for c in targets[rows, r].unique()})
+                shown = ", ".join(repr(c) for c in classes[:5]) + (" ..." if len(classes) > 5 else "")
+                raise ConfigError(
+                    f"`MODEL.HEAD` 'marginal' cannot fit this data: {int(rows.sum())} training row(s) are labelled at "
+                    f"rank '{rank}' with a class that has no descendant at the finest rank "
+                    f"'{self.taxonomy.ranks[-1]}' ({shown}); the marginal head gives such a class probability 0, "
+                    f"an infinite loss. Use MODEL.HEAD 'independent', or leave those rows out")
+
+    def _check_splits_fit_world(self) -> None:
+        """A data-parallel run needs a row per process in every split, and on every rank as many non-empty
+        training batches (each step is a collective): ``TRAIN.BATCH_SIZE`` 1 fails that when the rows do not
+        divide evenly."""
+        world = self.dist.world
+        if world == 1:
+            return
+        for name, part in (("train", self.train_ds), ("val", self.val_ds), ("test", self.test_ds)):
+            if part is not None and 0 < len(part) < world:
+                raise ConfigError(f"the {name} split has {len(part)} row(s), fewer than the {world} processes of "
+                                  f"this run; train on fewer processes (--nproc) or more data")
+        smallest, steps = len(self.train_ds) // world, self._train_steps()
+        if smallest < steps:
+            raise ConfigError(
+                f"`TRAIN.BATCH_SIZE` must be >= 2 to train {len(self.train_ds)} rows on {world} processes (each "
+                f"takes {steps} batches per epoch and the smallest share has {smallest} rows), got "
+                f"{self.cfg.TRAIN.BATCH_SIZE}")
 
     def _check_select_by(self) -> None:
         """``TRAIN.SELECT_BY`` (a val key by the config's own check) must be a metric this run logs; the
@@ -401,7 +472,16 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         # the LR given here is overwritten before every step by the schedule (workbench/lr_schedule.py), a pure
         # function of this run's fractional epoch: phase 2 (INIT_FROM) gets a fresh optimizer and its own schedule
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY)
+        # on CUDA the fused AdamW (one kernel for every parameter's update, not a few per tensor: a small model is
+        # launch-bound); the CPU keeps the reference implementation, bit for bit. On resume the checkpoint's
+        # optimizer state (fused or not) is loaded as written.
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WEIGHT_DECAY,
+                                           fused=True if self.device.type == "cuda" else None)
+        # TRAIN.COMPILE: the forward through torch.compile (inductor); the parameters stay self.model's, so state
+        # dicts, checkpoints and INIT_FROM are unchanged. Each new input shape (the last, shorter batch; the
+        # evaluation batch) compiles once more.
+        forward = self.model.forward_with_embedding
+        self.model_forward = torch.compile(forward) if cfg.TRAIN.COMPILE else forward
         self.augment = Augment.from_config(cfg)
         r = self.taxonomy.num_ranks
         if cfg.LOSS.RANK_WEIGHTS is not None:  # length checked in __init__
@@ -422,16 +502,24 @@ class Trainer:
         nm = cfg.SCHEDULE.NULL_MASKING
         self.schedule = NullMaskSchedule(nm.ENABLED, nm.START_PROB, nm.END_PROB, nm.START_EPOCH, nm.END_EPOCH)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 1)
-        self.mask_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 2)
-        self.aug_gen = torch.Generator().manual_seed(cfg.TRAIN.SEED + 3)
+        # per rank (rank 0: the single-process seed): each rank masks and augments its own rows independently
+        self.mask_gen = torch.Generator().manual_seed(rank_seed(cfg.TRAIN.SEED + 2, self.dist))
+        self.aug_gen = torch.Generator().manual_seed(rank_seed(cfg.TRAIN.SEED + 3, self.dist))
+        if not self.dist.is_main:  # the model was built from the shared seed; dropout draws differ per rank
+            torch.manual_seed(rank_seed(cfg.TRAIN.SEED, self.dist))
         self.health = HealthMonitor(self.taxonomy.ranks, standing=zero_total_weight(
             self.train_ds.targets, self.train_ds.sample_weight, self.rank_weights.cpu(), self.taxonomy.ranks))
         amp = cfg.TRAIN.AMP
         self.use_amp = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
 
     def state_dict(self, epoch: int) -> dict:
-        """Everything a resume needs after ``epoch``: weights, optimizer, RNG states, config, taxonomy."""
-        return {
+        """Everything a resume needs after ``epoch``: weights, optimizer, RNG states, config, taxonomy.
+
+        A data-parallel run also keeps ``world`` and ``rank_rng``: each rank's own random states (global, null-mask,
+        augmentation) in rank order, as :meth:`_gather_rank_rng` collected them after the epoch (so this call is
+        local to the rank, a sink may make it), and a resume on as many processes continues exactly; the top-level
+        states are rank 0's."""
+        state = {
             "run_id": self.run_id, "epoch": epoch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
             "taxonomy": self.taxonomy.to_dict(), "rng": torch.get_rng_state(),
@@ -439,6 +527,16 @@ class Trainer:
             "aug_rng": self.aug_gen.get_state(), "data_hash": self.data_hash, "data_rows": self.data_rows,
             "best": dict(self.best),  # the selection so far, so a resumed run keeps its best epoch
         }
+        if self.dist.distributed:
+            state["world"] = self.dist.world
+            state["rank_rng"] = self._rank_rng
+        return state
+
+    def _gather_rank_rng(self) -> None:
+        """Every rank's random states, in rank order, for the checkpoint (a collective: every rank calls it once per
+        epoch, before the epoch's sinks run, so that :meth:`state_dict` needs no collective)."""
+        own = {"rng": torch.get_rng_state(), "mask_rng": self.mask_gen.get_state(), "aug_rng": self.aug_gen.get_state()}
+        self._rank_rng = all_gather_objects({k: own[k] for k in RANK_RNG_KEYS}, self.dist)
 
     def best_state(self, epoch: int, value: float, metrics) -> dict:
         """``best.pt``: the weights of ``epoch`` (selected on val by ``TRAIN.SELECT_BY`` with ``value``), each
@@ -499,21 +597,47 @@ class Trainer:
 
     def _restore(self) -> int:
         """Resume from this run's checkpoint; returns the first epoch still to train."""
-        if not self.ckpt_path.is_file():
+        state = self._load_on_main(self.ckpt_path, RESUME_KEYS)
+        if state is None:
             return 0
-        state = load_checkpoint(self.ckpt_path, RESUME_KEYS)
+        self._check_same_world(state)
         self._check_same_data(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        own = state["rank_rng"][self.dist.rank] if self.dist.distributed else state  # this rank's random states
+        torch.set_rng_state(own["rng"])
         self.shuffle_gen.set_state(state["shuffle_rng"])
-        self.mask_gen.set_state(state["mask_rng"])
-        if "aug_rng" in state:  # absent in checkpoints written before image augmentation
-            self.aug_gen.set_state(state["aug_rng"])
+        self.mask_gen.set_state(own["mask_rng"])
+        if "aug_rng" in own:  # absent in checkpoints written before image augmentation
+            self.aug_gen.set_state(own["aug_rng"])
         # absent in checkpoints written before selection: the selection starts afresh from here
         self.best = {**_no_best(), **state["best"]} if isinstance(state.get("best"), dict) else _no_best()
-        self._settle_pending_best()
+        if self.dist.is_main:
+            self._settle_pending_best()
         return int(state["epoch"]) + 1
+
+    def _load_on_main(self, path: Path, required: Sequence[str], must_exist: bool = False) -> dict | None:
+        """The checkpoint at ``path`` (None when there is none, unless ``must_exist``: then that is the
+        :class:`StoreError`), read by rank 0 and sent to every rank (each rank need not see rank 0's disk); a
+        refusal to load it is raised on every rank alike."""
+        if not self.dist.distributed:
+            return load_checkpoint(path, required) if must_exist or path.is_file() else None
+        payload = None
+        if self.dist.is_main:
+            try:
+                payload = load_checkpoint(path, required) if must_exist or path.is_file() else None
+            except StoreError as e:
+                payload = e
+        payload = broadcast_object(payload, self.dist)
+        if isinstance(payload, StoreError):
+            raise payload
+        return payload
+
+    def _check_same_world(self, state: dict) -> None:
+        """A checkpoint holds each rank's own random states: it resumes on as many processes as wrote it."""
+        theirs = int(state.get("world", 1))
+        if theirs != self.dist.world:
+            raise resume_world_error(self.run_id, self.ckpt_path, written=theirs, asked=self.dist.world)
 
     def _settle_pending_best(self) -> None:
         """After a kill: a pending ``best.pt`` of the epoch the checkpoint selected becomes ``best.pt``; one of an
@@ -535,6 +659,8 @@ class Trainer:
         The run's lock (:func:`run_lock`) is held throughout: a second trainer of the same run gets a
         :class:`StoreError` naming this process before it reads or writes anything of the run.
         """
+        if not self.dist.is_main or launcher_holds_lock():  # held by rank 0 (or the workers' launcher) for all ranks
+            return self._fit(resume)
         if self.store is not None:
             self.store.check_writable()
         where = str(self.store.path if self.store is not None else self.ckpt_path.parent)
@@ -548,8 +674,10 @@ class Trainer:
                 self._load_init()
             # a fresh start selects afresh: no best.pt of an earlier attempt under this run id may survive
             self.best = _no_best()
-            self.best_path.unlink(missing_ok=True)
-            self.pending_best_path.unlink(missing_ok=True)
+            if self.dist.is_main:
+                self.best_path.unlink(missing_ok=True)
+                self.pending_best_path.unlink(missing_ok=True)
+        broadcast_module(self.model, self.dist)  # every rank starts from rank 0's very weights
         done = start  # epochs trained, this session and before
         status, error = "finished", None
         bar = tqdm(total=self.cfg.TRAIN.EPOCHS, initial=start, desc=f"run {self.run_id}", unit="epoch",
@@ -563,19 +691,22 @@ class Trainer:
                     result = self.run_epoch(epoch)
                     improved = self._select(epoch, result.metrics)  # best.pt (pending) before any sink sees it
                     # decided before the sinks see the epoch: an early-stopped run's last epoch is its last
-                    last = epoch == epochs - 1 or self._early_stop()
+                    last = broadcast_flag(epoch == epochs - 1 or self._early_stop(), self.dist)
                     if self.cfg.TRACKING.CURVES == "last_epoch" and not last:
                         result = replace(result, curves=result.curves.iloc[0:0])  # best taus stay in the metrics
+                    if self.dist.distributed:
+                        self._gather_rank_rng()
                     dispatch(self.sinks, "on_epoch", result)
-                    save_checkpoint(self.ckpt_path, self.state_dict(epoch))
-                    if improved:  # the checkpoint now points at it
-                        os.replace(self.pending_best_path, self.best_path)
+                    if self.dist.is_main:
+                        save_checkpoint(self.ckpt_path, self.state_dict(epoch))
+                        if improved:  # the checkpoint now points at it
+                            os.replace(self.pending_best_path, self.best_path)
                     done = epoch + 1
                     bar.update(1)
                     bar.set_postfix(_postfix(result.metrics), refresh=False)
                     if last and done < epochs:  # early stop, before the stop flag: the run then ends finished
                         break
-                    if self.store is not None and self.store.stop_requested(self.run_id):
+                    if self._stop_requested():
                         raise StopRun
             except StopRun:
                 status = "stopped"
@@ -592,6 +723,17 @@ class Trainer:
             self._finish(RunFinished(self.run_id, status, done, error, reason))
         return status
 
+    def _stop_requested(self) -> bool:
+        """Whether a stop was asked for: the store's flag, or :attr:`stop_check` for a store-less run; read by
+        rank 0 and broadcast, so every rank of a data-parallel run stops after the same epoch."""
+        asked = False
+        if self.dist.is_main:
+            if self.stop_check is not None:
+                asked = bool(self.stop_check())
+            else:
+                asked = self.store is not None and self.store.stop_requested(self.run_id)
+        return broadcast_flag(asked, self.dist)
+
     # ------------------------------------------------------------------ selection, early stopping, test
     def _select(self, epoch: int, metrics) -> bool:
         """Update the selection with ``epoch``'s val ``metrics``; True when it improves ``TRAIN.SELECT_BY``
@@ -604,7 +746,8 @@ class Trainer:
         if not better:
             self.best["bad_epochs"] += 1
             return False
-        save_checkpoint(self.pending_best_path, self.best_state(epoch, value, metrics))
+        if self.dist.is_main:  # every rank keeps the selection; rank 0 alone writes files
+            save_checkpoint(self.pending_best_path, self.best_state(epoch, value, metrics))
         self.best = {"epoch": epoch, "value": value, "bad_epochs": 0}
         return True
 
@@ -639,7 +782,7 @@ class Trainer:
             log.warning("run %s: the test split is not evaluated: `%s` was never a finite number, so no epoch "
                         "was selected", self.run_id, self.cfg.TRAIN.SELECT_BY)
             return
-        state = load_checkpoint(self.best_path, BEST_KEYS)
+        state = self._load_on_main(self.best_path, BEST_KEYS, must_exist=True)
         if int(state["epoch"]) != self.best["epoch"]:
             raise StoreError(f"{self.best_path}: holds epoch {int(state['epoch']) + 1}, but the run selected epoch "
                              f"{self.best['epoch'] + 1}; the selected weights are lost: train the run again")
@@ -656,7 +799,8 @@ class Trainer:
     def started_event(self, start_epoch: int) -> RunStarted:
         """The run's :class:`RunStarted`: resolved config, ordered ranks, reproducibility record, pid."""
         return RunStarted(self.run_id, self.cfg.to_dict(), tuple(self.taxonomy.ranks), start_epoch,
-                          self._parent_run_id(), environment=self.environment, pid=os.getpid())
+                          self._parent_run_id(), environment=self.environment,
+                          pid=owner_pid() if self.dist.distributed else os.getpid())
 
     def _finish(self, event: RunFinished) -> None:
         """Tell the sinks the run ended. When the run already failed (say, the disk is full), a sink
@@ -688,19 +832,28 @@ class Trainer:
         A streamed image set (:class:`~workbench.streaming.LazyImages`) takes the same road with one change:
         its pixels come from a DataLoader whose ``DATA.NUM_WORKERS`` processes decode the very batches of
         ``order`` in turn (so both roads train alike and ``resume`` stays exact); targets, weights and meta
-        are still indexed here."""
+        are still indexed here.
+
+        An in-memory dataset that fits on a CUDA device (:meth:`_resident`) is indexed there: the permutation,
+        drawn on the CPU generator as everywhere (the same rows in every batch on every device, and ``resume``
+        exact), is copied to the device once per epoch and each batch is a gather on the device."""
         meta = getattr(ds, "meta", None)
         n = len(ds)
         order = torch.randperm(n, generator=self.shuffle_gen) if shuffle else torch.arange(n)
+        resident = self._resident(ds)
+        if resident is not None:
+            order = order.to(self.device, non_blocking=True)
+            for idx in self._chunks(order, batch_size, shuffle):
+                yield resident.batch(idx), None if resident.meta is None else resident.meta[idx]
+            return
         pin = self.is_image and self.device.type == "cuda"
-        starts = range(0, n, batch_size)
+        chunks = self._chunks(order, batch_size, shuffle)
         pixels = None
         if is_lazy(ds.features):
             if getattr(self, "_stream", None) is None:  # one pool of decoding workers for every split, kept all run
                 self._stream = StreamLoader(self.cfg.DATA.NUM_WORKERS, pin_memory=pin)
-            pixels = self._stream(ds.features[order[s : s + batch_size]] for s in starts)
-        for start in starts:
-            idx = order[start : start + batch_size]
+            pixels = self._stream(ds.features[idx] for idx in chunks)
+        for idx in chunks:
             batch = ds.batch(idx)
             if pixels is not None:
                 batch.features = next(pixels)  # decoded (and pinned on CUDA) by the loader
@@ -708,6 +861,45 @@ class Trainer:
                 batch.features = batch.features.pin_memory()
             m = None if meta is None else meta[idx].to(self.device, non_blocking=True)
             yield batch.to(self.device, non_blocking=True), m
+
+    def _chunks(self, order: torch.Tensor, batch_size: int, shuffle: bool) -> tuple[torch.Tensor, ...]:
+        """The row indices of each mini-batch of ``order``: consecutive runs of ``batch_size``. A data-parallel
+        training epoch (``shuffle``) takes this rank's rows ``order[rank::world]`` (:func:`~workbench.distributed.
+        shard`) in :meth:`_train_steps` near-equal batches, as many on every rank: the ranks' shards differ by a
+        row at most, and each optimizer step is a collective every rank must join."""
+        if not (shuffle and self.dist.distributed):
+            return order.split(batch_size)
+        return torch.tensor_split(shard(order, self.dist), self._train_steps())
+
+    def _train_steps(self) -> int:
+        """Mini-batches per training epoch: over all rows, or over the largest rank's shard (``ceil(n / world)``
+        rows) in a data-parallel run, where ``TRAIN.BATCH_SIZE`` is per process."""
+        n, b = len(self.train_ds), self.cfg.TRAIN.BATCH_SIZE
+        return math.ceil(math.ceil(n / self.dist.world) / b)
+
+    def _resident(self, ds: HierarchicalDataset) -> HierarchicalDataset | None:
+        """``ds`` with its tensors (features, targets, weights, valid masks, multi-hots, meta) on the CUDA training
+        device, moved at the first call and kept for the trainer's life; None on the CPU (the data is already
+        there), for a streamed image set, and for a dataset over :data:`RESIDENT_FRACTION` of the device's free
+        memory (copied batch by batch instead)."""
+        if self.device.type != "cuda" or is_lazy(ds.features):
+            return None
+        # id -> (dataset, its copy or None); holding the dataset keeps its id from being reused
+        cache = self.__dict__.setdefault("_on_device", {})
+        hit = cache.get(id(ds))
+        if hit is not None and hit[0] is ds:
+            return hit[1]
+        tensors = [ds.features, ds.targets, ds.sample_weight, ds.valid, ds.meta, *ds.multilabel.values()]
+        size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        # the driver's free memory plus what torch's caching allocator holds unused (a freed split, an earlier trial)
+        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) \
+            - torch.cuda.memory_allocated(self.device)
+        moved = dataset_on(ds, self.device) if size <= RESIDENT_FRACTION * free else None
+        log.info("%s (%d rows, %.1f MB): %s", ds.name, len(ds), size / 2**20,
+                 f"resident on {self.device}" if moved is not None else
+                 f"copied per batch (over {RESIDENT_FRACTION:.0%} of {free / 2**20:.0f} MB free on {self.device})")
+        cache[id(ds)] = (ds, moved)
+        return moved
 
     def _forward(self, batch, meta=None, training: bool = False):
         x = batch.features
@@ -717,9 +909,9 @@ class Trainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         if not self.use_amp:  # CPU: skip entering a disabled autocast context on every batch
-            return self.model.forward_with_embedding(x, batch.valid, meta)
+            return self.model_forward(x, batch.valid, meta)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            logits, z = self.model.forward_with_embedding(x, batch.valid, meta)
+            logits, z = self.model_forward(x, batch.valid, meta)
         return [lg.float() for lg in logits], z
 
     def _loss(self, logits, batch, keep, training: bool = False):
@@ -753,7 +945,7 @@ class Trainer:
         if self.cfg.MODEL.FREEZE_BACKBONE:  # a frozen backbone's batch-norm statistics stay as loaded, too
             self.model.backbone.eval()
         ranks = self.taxonomy.ranks
-        n_batches = self.train_ds.num_batches(self.cfg.TRAIN.BATCH_SIZE)
+        n_batches = self._train_steps()  # this rank's batches (every rank has as many)
         phase1 = self.cfg.TRAIN.PHASE1_MASK_NULL_LOSS
         accumulate, clip = self.cfg.TRAIN.ACCUMULATE, self.cfg.TRAIN.CLIP_GRAD_NORM
         lr = float("nan")  # the LR of the epoch's last step (an epoch has at least one batch)
@@ -773,6 +965,7 @@ class Trainer:
                 lr = lr_at(self.cfg.TRAIN, epoch + group_end / n_batches)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                average_gradients(self.trainable, self.dist)  # the mean over the ranks (one process: nothing)
                 if clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.trainable, clip)
                 self.optimizer.step()
@@ -782,16 +975,21 @@ class Trainer:
             preds.append(self.predict_classes(logits))  # (B, R); argmax carries no gradient
             targets.append(batch.targets)
             probs.append(p)
-        batch_losses = torch.stack(losses).cpu()  # (batches, R + 1); the epoch's one host sync
+        # (batches, R + 1); the epoch's one host sync. Data-parallel: every rank's batches (rank 0's, then 1's, ...),
+        # so each rank checks, records and sums the very same losses
+        batch_losses = all_gather_rows(torch.stack(losses), self.dist).cpu()
         self._check_finite_loss(batch_losses, epoch)
         self.health.record_losses(batch_losses[:, 0])
+        sizes = torch.tensor(sizes, dtype=torch.long)
+        if self.dist.distributed:  # through the device: NCCL gathers CUDA tensors
+            sizes = all_gather_rows(sizes.to(self.device), self.dist).cpu()
         # weighted by batch size in float64: a large but finite float32 loss times the size must not overflow
-        loss_sums = batch_losses.double() * torch.tensor(sizes, dtype=torch.float64)[:, None]  # (batches, R + 1)
+        loss_sums = batch_losses.double() * sizes.double()[:, None]  # (batches, R + 1)
         acc = M.HierarchicalAccuracy(len(ranks))
         acc.update(torch.cat(preds), torch.cat(targets))  # counts over the epoch, not a mean of batch means
-        out = acc.compute()
+        out = _all_reduce_counts(acc, self.device, self.dist).compute()
         n = len(self.train_ds)
-        totals, kept_total = loss_sums.sum(dim=0), torch.stack(kept).sum(dim=0).cpu()
+        totals, kept_total = loss_sums.sum(dim=0), all_reduce_sum(torch.stack(kept).sum(dim=0), self.dist).cpu()
         metrics = {
             N.TRAIN_LOSS: float(totals[0]) / n,
             N.TRAIN_CHAIN_ACC: float(out["chain_acc"]),
@@ -823,17 +1021,34 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, ds: HierarchicalDataset, batch_size: int | None = None):
-        """``(logits list of R x (N, K_r + 1), embeddings (N, H))`` in eval mode, in batches of
-        ``batch_size`` (default :data:`EVAL_BATCH_IMAGES` for images, :data:`EVAL_BATCH_ROWS` else)."""
+        """``(logits list of R x (N, K_r + 1), embeddings (N, H))`` in eval mode, on the training device (scored
+        there: nothing but scalars and the curves need come to the CPU), in batches of ``batch_size`` (default
+        ``TRAIN.EVAL_BATCH_SIZE``, else :data:`EVAL_BATCH_IMAGES` for images, :data:`EVAL_BATCH_ROWS` else)."""
         self.model.eval()
         outs, zs = [], []
-        batch_size = batch_size or (EVAL_BATCH_IMAGES if ds.is_image else EVAL_BATCH_ROWS)
+        default = EVAL_BATCH_IMAGES if ds.is_image else EVAL_BATCH_ROWS
+        batch_size = batch_size or self.cfg.TRAIN.EVAL_BATCH_SIZE or default
         for batch, meta in self._batches(ds, batch_size):
             logits, z = self._forward(batch, meta)
-            outs.append([lg.cpu() for lg in logits])
-            zs.append(z.float().cpu())
+            outs.append(logits)
+            zs.append(z.float())
         logits = [torch.cat([o[r] for o in outs]) for r in range(self.taxonomy.num_ranks)]
         return logits, torch.cat(zs)
+
+    def _predict_rows(self, ds: HierarchicalDataset):
+        """:meth:`predict` on ``ds``; in a data-parallel run each rank predicts its rows ``arange(n)[rank::world]``,
+        and every rank gets all of them (one gather), back in row order."""
+        if not self.dist.distributed:
+            return self.predict(ds)
+        shards = self.__dict__.setdefault("_eval_shards", {})  # the split's own rows, kept for the trainer's life
+        if id(ds) not in shards:
+            shards[id(ds)] = (ds, ds.subset(shard(torch.arange(len(ds)), self.dist)))
+        logits, z = self.predict(shards[id(ds)][1])
+        widths = [lg.shape[1] for lg in logits] + [z.shape[1]]
+        rows = all_gather_rows(torch.cat([*logits, z.to(logits[0].dtype)], dim=1), self.dist)
+        rows = rows[unshard_order(len(ds), self.dist).to(rows.device)]
+        *logits, z = rows.split(widths, dim=1)
+        return list(logits), z
 
     def predict_classes(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """``LongTensor (N, R)``: the standard prediction (:func:`workbench.decoding.argmax_classes`: argmax
@@ -846,15 +1061,43 @@ class Trainer:
 
     def evaluate(self, ds: HierarchicalDataset, split: str = "val"):
         """Metrics, threshold curves and raw outputs on ``ds`` (nulls always count here): the model's outputs and
-        loss, scored by :func:`workbench.evaluation.score`."""
-        logits, z = self.predict(ds)
-        full = ds.as_batch()  # targets, weights and multi-hots of every row (no copy)
+        loss, scored by :func:`workbench.evaluation.score` on the training device (the outputs stay where
+        :meth:`predict` made them; the labels join them there). Data-parallel: every rank scores all of ``ds``'s
+        outputs (:meth:`_predict_rows`), so every metric equals a single-process evaluation of the same weights."""
+        logits, z = self._predict_rows(ds)
+        resident = self._resident(ds)
+        full = (ds if resident is None else resident).as_batch()  # every row's targets, weights, multi-hots (no copy)
+        if resident is None:  # the CPU (a no-op), or a split not resident: its labels (not its features) moved once
+            move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+            full = replace(full, targets=move(full.targets), sample_weight=move(full.sample_weight),
+                           valid=move(full.valid), multilabel={r: move(t) for r, t in full.multilabel.items()})
         keep = null_keep_mask(full.targets, 1.0, phase1=False, training=False)
         total, per_rank = self._loss(logits, full, keep)
         multilabel = {r: full.multilabel[r] for r in self.multilabel_ranks}
         # the one home of a split's metrics: the baseline (workbench/baseline.py) is scored by the same call
         metrics, frame, preds = score(logits, full.targets, self.taxonomy, split, multilabel, loss=(total, per_rank))
         return metrics, frame, {"preds": preds, "targets": full.targets, "embeddings": z, "valid": full.valid}
+
+
+def _all_reduce_counts(acc: M.HierarchicalAccuracy, device: torch.device, dist: DistContext) -> M.HierarchicalAccuracy:
+    """``acc`` with its counts summed over the ranks of a data-parallel run (one all-reduce, on ``device``: NCCL
+    reduces CUDA tensors), so its accuracies are those of every rank's rows together. One process: ``acc``."""
+    if not dist.distributed:
+        return acc
+    names = ("rank_correct", "rank_total", "chain_correct", "chain_total", "partial_correct", "partial_total")
+    parts = [getattr(acc, k).reshape(-1) for k in names]
+    total = all_reduce_sum(torch.cat(parts).to(device), dist).cpu()
+    for k, piece in zip(names, total.split([p.numel() for p in parts])):
+        setattr(acc, k, piece.reshape(getattr(acc, k).shape))
+    return acc
+
+
+def dataset_on(ds: HierarchicalDataset, device: torch.device) -> HierarchicalDataset:
+    """``ds`` with the tensors batches are cut from (features, targets, sample weights, valid masks, multi-hots,
+    meta) on ``device``; the rest (names, taxonomy, the raw table) shared. :meth:`Trainer._resident`'s copy."""
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return replace(ds, features=move(ds.features), targets=move(ds.targets), sample_weight=move(ds.sample_weight),
+                   valid=move(ds.valid), meta=move(ds.meta), multilabel={r: move(t) for r, t in ds.multilabel.items()})
 
 
 def _no_best() -> dict:
