@@ -30,7 +30,8 @@ BATCH_CHOICES = [32, 64, 128, 256, 512, 1024, 2048]
 for _key, _value in sh.FORM_DEFAULTS.items():
     sh.init(_key, _value)
 WHERE = {"local": "This machine", "cluster": "Ray cluster"}
-for _key, _value in zip(sh.CLUSTER_KEYS, ("local", 2, 1.0, 0.0)):
+# one process here by default: more workers is a data-parallel run (`--nproc`), a choice, not the default
+for _key, _value in zip(sh.CLUSTER_KEYS, ("local", 1, 1.0, 0.0)):
     sh.init(_key, _value)
 ss = st.session_state
 

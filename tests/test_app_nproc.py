@@ -17,6 +17,7 @@ def test_train_page_starts_a_run_on_two_local_processes(store_path):
     at.switch_page("app_pages/train.py").run()
     at.number_input(key="tr_epochs").set_value(2).run()
     at.text_input(key="tr_hidden").set_value("16").run()
+    assert at.number_input(key="tr_workers").value == 1  # untouched, the form trains on one process
     at.number_input(key="tr_workers").set_value(2).run()
     at.button(key="tr_start").click().run()
     assert not at.exception, at.exception
