@@ -33,8 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.config import Config, ConfigError, apply_overrides
-from workbench.events import BaseSink, EpochResult, RunFinished, RunStarted, TestResult
-from workbench.names import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, RESULTS_DIR, wandb_dir_for
+from workbench.events import EpochResult, RunFinished
+from workbench.names import CHECKPOINT_NAME, RESULTS_DIR, wandb_dir_for
+from workbench.sweep import (
+    RUN_END_KEY, TUNE_DRIVER_ENV, TuneReportSink, _absolute_paths, _compact_json_logger, _store_callback_class,
+    check_amounts, connect_ray,
+)
 
 STOP_POLL_S = 0.5  # how often the driver reads the store's stop flag while a cluster run trains
 CLUSTER_PREFIX = "cluster-"  # a cluster run's Tune experiment folder: <store dir>/ray_results/cluster-<run id>
@@ -65,8 +69,6 @@ class ClusterSettings:
             raise ConfigError("`--address` must be 'auto' or host:port of a Ray cluster, got an empty value")
         if self.workers < 1:
             raise ConfigError(f"`--workers` must be >= 1, got {self.workers}")
-        from workbench.sweep import check_amounts
-
         check_amounts(self.cpus_per_worker, self.gpus_per_worker, "worker")
 
     @property
@@ -95,21 +97,20 @@ def worker_config(config: dict, threads: int, gpus_per_worker: float) -> dict:
 
 
 # ---------------------------------------------------------------------- worker side
-class TrainReportSink(BaseSink):
+class TrainReportSink(TuneReportSink):
     """Reports each event of a multi-worker run with ``ray.train.report`` on every rank (it is a collective).
 
-    Rank 0's report carries what :class:`workbench.sweep.TuneReportSink` sends (the metrics as top-level
-    keys for Tune's schedulers, the encoded events under ``EVENT_KEY``) with the trainer's checkpoint and
-    ``best.pt`` as a Ray Train checkpoint; the other ranks report an empty result. The run's end (status,
-    epochs, reason) is one more report under ``RUN_END_KEY`` unless it failed (a failure is the trial's error).
+    Rank 0's report is :class:`workbench.sweep.TuneReportSink`'s (the metrics as top-level keys for Tune's
+    schedulers, the encoded events under ``EVENT_KEY``, the trainer's checkpoint and ``best.pt``), sent as a Ray
+    Train report; the other ranks report an empty result. The run's end (status, epochs, reason) is one more
+    report under ``RUN_END_KEY`` unless it failed (a failure is the trial's error).
     """
 
     name = "ray-train"
 
     def __init__(self, rank: int, state_fn=None, best_fn=None):
-        self.rank, self.state_fn, self.best_fn = rank, state_fn, best_fn
-        self.started: RunStarted | None = None
-        self._last: dict = {}
+        super().__init__(state_fn, best_fn)
+        self.rank = rank
 
     def _report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         import ray.train
@@ -117,32 +118,13 @@ class TrainReportSink(BaseSink):
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics if self.rank == 0 else {}, checkpoint=checkpoint)
 
-    def on_start(self, event: RunStarted) -> None:
-        self.started = event
-
     def on_epoch(self, event: EpochResult) -> None:
-        from workbench.sweep import EVENT_KEY, encode_events
-        from workbench.trainer import save_checkpoint
-
-        if self.rank != 0:
+        if self.rank != 0:  # every rank reports (a collective); only rank 0 has a checkpoint to send
             self._report({})
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp) / CHECKPOINT_NAME, self.state_fn(event.epoch))
-            best = self.best_fn() if self.best_fn is not None else None
-            if best is not None:
-                shutil.copy(best, Path(tmp) / BEST_CHECKPOINT_NAME)
-            self._last = {**event.metrics, "epoch": event.epoch, "run_id": event.run_id}
-            self._report({**self._last, EVENT_KEY: encode_events(self.started, event)}, tmp)
-
-    def on_test(self, event: TestResult) -> None:
-        from workbench.sweep import EVENT_KEY, encode_events
-
-        self._report({**self._last, "run_id": event.run_id, EVENT_KEY: encode_events(None, event)})
+        super().on_epoch(event)
 
     def on_finish(self, event: RunFinished) -> None:
-        from workbench.sweep import RUN_END_KEY
-
         if event.status == "failed":  # the exception ends the trial; a report now could wait on dead ranks
             return
         end = {"run_id": event.run_id, "status": event.status, "epochs_done": event.epochs_done,
@@ -260,8 +242,6 @@ def experiment_dir(store_path: str | os.PathLike, run_id: str) -> Path:
 def run_config_dict(cfg: Config, store_path: str | os.PathLike) -> dict:
     """The config the workers get: absolute file paths (workers run in their own folders) and the W&B
     folder spelled out (workers don't inherit the driver's environment)."""
-    from workbench.sweep import _absolute_paths
-
     config = _absolute_paths(cfg.to_dict())
     wandb_dir = str(Path(wandb_dir_for(store_path, cfg.TRACKING.WANDB.DIR)).resolve())
     return apply_overrides(config, {"TRACKING.WANDB.DIR": wandb_dir})
@@ -276,8 +256,6 @@ def run_on_cluster(cfg: Config, run_id: str, settings: ClusterSettings, verbose:
     from ray import tune
 
     from workbench.store import RunStore
-    from workbench.sweep import TUNE_DRIVER_ENV, _compact_json_logger, _store_callback_class, connect_ray
-
     settings.validate()
     for key, value in TUNE_DRIVER_ENV.items():  # as a sweep's driver: no copies of every event in Tune's loggers
         os.environ.setdefault(key, value)

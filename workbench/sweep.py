@@ -351,9 +351,13 @@ class TuneReportSink(BaseSink):
     def on_start(self, event: RunStarted) -> None:
         self.started = event
 
-    def on_epoch(self, event: EpochResult) -> None:
+    def _report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        """One report to Tune (a multi-worker run's sink reports through Ray Train instead)."""
         from ray import tune
 
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+    def on_epoch(self, event: EpochResult) -> None:
         from workbench.names import BEST_CHECKPOINT_NAME
         from workbench.trainer import CHECKPOINT_NAME, save_checkpoint
 
@@ -363,13 +367,10 @@ class TuneReportSink(BaseSink):
             if best is not None:
                 shutil.copy(best, Path(tmp) / BEST_CHECKPOINT_NAME)
             self._last = {**event.metrics, "epoch": event.epoch, "run_id": event.run_id}
-            tune.report({**self._last, EVENT_KEY: encode_events(self.started, event)},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
+            self._report({**self._last, EVENT_KEY: encode_events(self.started, event)}, tmp)
 
     def on_test(self, event: TestResult) -> None:
-        from ray import tune
-
-        tune.report({**self._last, "run_id": event.run_id, EVENT_KEY: encode_events(None, event)})
+        self._report({**self._last, "run_id": event.run_id, EVENT_KEY: encode_events(None, event)})
 
 
 def train_trial(params: dict, base: dict, sweep_id: str, wandb_dir: str | None = None, threads: int = 1,
